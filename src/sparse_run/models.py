@@ -1,0 +1,73 @@
+"""Models (config group ``model/``): builders keyed by ``model.arch``.
+
+A builder takes the model config and the data spec and returns an ``nn.Module`` whose weights
+are drawn from ``model.init`` under the given seed. Which weights are prunable is decided by the
+sparsity layer policy (``sparsity.policy``), not here.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .data import DataSpec
+from .validate import ConfigError, choice
+
+INITS: dict[str, Callable[[torch.Tensor], Any]] = {
+    "glorot_normal": nn.init.xavier_normal_,
+    "glorot_uniform": nn.init.xavier_uniform_,
+    "kaiming_normal": lambda w: nn.init.kaiming_normal_(w, nonlinearity="relu"),
+    "kaiming_uniform": lambda w: nn.init.kaiming_uniform_(w, nonlinearity="relu"),
+}
+
+
+class MLP(nn.Module):
+    """Fully connected ReLU network (LeNet-300-100 is ``hidden=[300, 100]``)."""
+
+    def __init__(self, in_features: int, hidden: list[int], num_classes: int):
+        super().__init__()
+        sizes = [in_features, *hidden]
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.out = nn.Linear(sizes[-1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        for layer in self.hidden:
+            x = torch.relu(layer(x))
+        return self.out(x)
+
+
+def _mlp(cfg: Any, spec: DataSpec) -> nn.Module:
+    width = float(cfg.get("width", 1.0))
+    hidden = [max(1, int(round(h * width))) for h in cfg.hidden]
+    return MLP(math.prod(spec.input_shape), hidden, spec.num_classes)
+
+
+ARCHS: dict[str, Callable[[Any, DataSpec], nn.Module]] = {
+    "mlp": _mlp,
+}
+
+
+def init_weights(model: nn.Module, init: str) -> None:
+    """Weights of Linear/Conv layers from ``init``; biases zero; norm layers at identity."""
+    fn = INITS[init]
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            fn(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def build(cfg: Any, spec: DataSpec, seed: int) -> nn.Module:
+    """Build ``cfg.arch`` for ``spec`` with weights drawn under ``seed`` (global RNG untouched)."""
+    choice(cfg.arch, "model.arch", ARCHS)
+    choice(cfg.init, "model.init", INITS)
+    if float(cfg.get("width", 1.0)) <= 0:
+        raise ConfigError("model.width", f"got {cfg.width}; must be > 0")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ARCHS[cfg.arch](cfg, spec)
+        init_weights(model, cfg.init)
+    return model

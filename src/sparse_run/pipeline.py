@@ -1,0 +1,292 @@
+"""The pipeline: walks a method's schedule — train → score → select → rewind → train … — plus the
+control arms, writing every finished arm to the results and enough state to resume after a kill.
+
+Each ``schedule.kind`` maps to one runner in ``RUNNERS``; runners only call ``Run.train_arm`` and
+the sparsity library, so a new paper's method is mostly a config.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from omegaconf import DictConfig
+
+from . import data as data_mod
+from . import hardware, logger as logger_mod, models, report
+from .config import to_dict
+from .results import RunWriter, atomic_write_text
+from .sparsity import CRITERIA, MaskSet, ScoreContext, iterative_density, prunable, prune_fraction, rate_scales
+from .train import TrainResult, train
+
+STATE = "checkpoints/progress.pt"
+INFLIGHT = "checkpoints/inflight.pt"
+
+
+def derive_seed(seed: int, *tags: Any) -> int:
+    """A deterministic 31-bit seed for a named sub-stream (e.g. the reinit control of round 3)."""
+    digest = hashlib.sha256(repr((seed, *tags)).encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def config_hash(cfg: dict[str, Any]) -> str:
+    """Hash of the settings that determine results (paths, logger and display settings excluded)."""
+    keep = {k: v for k, v in cfg.items() if k not in ("paths", "logger", "progress", "hydra")}
+    return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Run:
+    """One run directory's worth of context shared by every arm."""
+
+    cfg: DictConfig
+    dir: Path
+    data: data_mod.DataBundle
+    writer: RunWriter
+    log: logger_mod.Logger
+    device: torch.device
+    done: set[str] = field(default_factory=set)
+    extra_state: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def seed(self) -> int:
+        return int(self.cfg.seed)
+
+    def context(self, round_: int, variant: str) -> dict[str, Any]:
+        c = self.cfg
+        return {"experiment": c.name, "method": c.method.name, "model": c.model.name, "dataset": c.dataset.name,
+                "seed": self.seed, "budget": c.budget.name, "hardware": c.hardware.name,
+                "round": round_, "variant": variant}
+
+    def new_model(self, init_seed: int) -> torch.nn.Module:
+        return models.build(self.cfg.model, self.data.spec, init_seed).to(self.device)
+
+    def new_masks(self, model: torch.nn.Module) -> MaskSet:
+        return MaskSet(prunable(model, self.cfg.method.policy))
+
+    # -- persistence for resume -------------------------------------------------------------
+    def save_progress(self) -> None:
+        self.writer.save(STATE, {"writer": self.writer.state(), "done": sorted(self.done), "extra": self.extra_state})
+
+    def load_progress(self) -> bool:
+        path = self.dir / STATE
+        if not path.exists():
+            return False
+        state = torch.load(path, weights_only=False)
+        self.writer.load_state(state["writer"])
+        self.done = set(state["done"])
+        self.extra_state = state["extra"]
+        return True
+
+    # -- one arm ------------------------------------------------------------------------------
+    def train_arm(self, key: str, model: torch.nn.Module, masks: MaskSet, round_: int, variant: str, *,
+                  target_density: float, start_state: dict[str, Any] | None = None,
+                  capture: tuple[int, Callable[[dict[str, Any]], None]] | None = None) -> TrainResult:
+        """Train one arm (resuming mid-arm if a checkpoint for it exists) and record its row."""
+        t = self.cfg.train
+        ctx = self.context(round_, variant)
+        inflight = self.dir / INFLIGHT
+        resume = start_state
+        if inflight.exists():
+            saved = torch.load(inflight, weights_only=False)
+            if saved["arm"] == key:
+                resume = saved["state"]
+
+        def checkpoint(state: dict[str, Any]) -> None:
+            self.writer.save(INFLIGHT, {"arm": key, "state": state})
+
+        result = train(model, masks, self.data, t, steps=int(t.steps), eval_every=int(t.eval_every),
+                       seed=self.seed, desc=f"round {round_} {variant}", checkpoint=checkpoint, resume=resume,
+                       on_eval=lambda rec: self.log.log_eval(rec, ctx), capture=capture)
+        masks.check()  # pruned weights are exactly zero after the last optimizer step
+        row = {**ctx, "target_density": target_density, "density": masks.density(), "nonzeros": masks.nonzeros(),
+               "prunable": masks.numel(), "test_acc": result.final_test_acc,
+               "early_stop_step": result.early_stop_step, "test_acc_at_early_stop": result.test_acc_at_early_stop,
+               "val_acc": result.final_val_acc, "steps": result.steps, "wall_s": round(result.wall_s, 3),
+               "status": "ok"}
+        self.writer.add(row, result.history, ctx)
+        self.log.log_row(row)
+        self.done.add(key)
+        self.save_progress()
+        if inflight.exists():
+            inflight.unlink()
+        return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Runners, one per schedule kind
+# ---------------------------------------------------------------------------------------------
+
+def run_dense(run: Run) -> None:
+    model = run.new_model(run.seed)
+    masks = run.new_masks(model)
+    if "r0/dense" not in run.done:
+        run.train_arm("r0/dense", model, masks, 0, "dense", target_density=1.0)
+        run.writer.save("checkpoints/final.pt", {"model": model.state_dict(), "masks": masks.state_dict()})
+
+
+def run_iterative(run: Run) -> None:
+    """Iterative pruning (LTH / LTR / Han fine-tuning) with controls at chosen rounds."""
+    cfg = run.cfg
+    sched, method = cfg.method.schedule, cfg.method
+    model = run.new_model(run.seed)
+    theta0 = {k: v.clone() for k, v in model.state_dict().items()}
+    masks = run.new_masks(model)
+    names = masks.names()
+    scales = rate_scales(model, method.policy, names)
+    rates = {n: float(sched.rate) * scales[n] for n in names}
+    sizes = {n: masks.masks[n].numel() for n in names}
+    rounds = int(sched.rounds)
+    control_rounds = set(range(1, rounds + 1)) if method.controls.rounds is None else set(method.controls.rounds)
+    score = CRITERIA[method.criterion]
+    gen = torch.Generator().manual_seed(derive_seed(run.seed, "scores"))
+    rewind_path = run.dir / "checkpoints/rewind.pt"
+
+    def capture(state: dict[str, Any]) -> None:
+        run.writer.save("checkpoints/rewind.pt", state)
+
+    for r in range(rounds + 1):
+        mask_path = run.dir / f"masks/round_{r:02d}.pt"
+        trained_path = run.dir / f"checkpoints/round_{r:02d}.pt"
+        key = f"r{r}/{'dense' if r == 0 else 'ticket'}"
+        if mask_path.exists():  # this round's masks were already chosen (resume)
+            masks.load_state_dict(torch.load(mask_path, weights_only=True))
+        elif r > 0:
+            prev = torch.load(run.dir / f"checkpoints/round_{r - 1:02d}.pt", weights_only=True)
+            model.load_state_dict(prev["model"])
+            masks.load_state_dict(prev["masks"])
+            scores = score(ScoreContext(model=model, masks=masks, generator=gen))
+            before = {n: int(m.sum()) for n, m in masks.masks.items()}
+            masks.set(prune_fraction(scores, masks, float(sched.rate), scales, method.selection.scope))
+            targets = {n: (before[n] - round(before[n] * rates[n])) / sizes[n] for n in names} \
+                if method.selection.scope == "layerwise" else None
+            run.writer.add_layers(r, masks.report(targets))
+            run.writer.save(f"masks/round_{r:02d}.pt", masks.state_dict())
+        else:
+            run.writer.add_layers(0, masks.report({n: 1.0 for n in names}))
+            run.writer.save("masks/round_00.pt", masks.state_dict())
+        target = iterative_density(sizes, rates, r)
+
+        if key not in run.done:
+            start_state = None
+            if r == 0:
+                model.load_state_dict(theta0)
+            elif sched.rewind == "init":
+                model.load_state_dict(theta0)
+            elif sched.rewind == "step":
+                start_state = torch.load(rewind_path, weights_only=False)
+                start_state = {**start_state, "masks": masks.state_dict(), "history": []}
+            # rewind == "none": keep the trained weights of the previous round (fine-tuning)
+            masks.apply_()
+            cap = (int(sched.rewind_step), capture) if (r == 0 and sched.rewind == "step") else None
+            run.train_arm(key, model, masks, r, "dense" if r == 0 else "ticket", target_density=target,
+                          start_state=start_state, capture=cap)
+            run.writer.save(f"checkpoints/round_{r:02d}.pt", {"model": model.state_dict(), "masks": masks.state_dict()})
+        elif not trained_path.exists():
+            raise RuntimeError(f"inconsistent run state: {key} done but {trained_path} missing")
+
+        if r in control_rounds and r > 0:
+            for variant in method.controls.variants:
+                ckey = f"r{r}/{variant}"
+                if ckey in run.done:
+                    continue
+                control = run.new_model(derive_seed(run.seed, variant, r))
+                cmasks = run.new_masks(control)
+                cmasks.set(masks.clone_masks())
+                run.train_arm(ckey, control, cmasks, r, variant, target_density=target)
+
+    final = torch.load(run.dir / f"checkpoints/round_{rounds:02d}.pt", weights_only=True)
+    run.writer.save("checkpoints/final.pt", final)
+
+
+RUNNERS: dict[str, Callable[[Run], None]] = {
+    "none": run_dense,
+    "iterative": run_iterative,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+
+def environment() -> dict[str, Any]:
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"torch": torch.__version__, "python": platform.python_version(), "cpu": cpu,
+            "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from .validate import ConfigError
+
+        raise ConfigError("device", "cuda requested but no CUDA device is available; allowed here: cpu, auto")
+    return torch.device(name)
+
+
+def execute(cfg: DictConfig, run_dir: Path) -> Path:
+    """Run the experiment described by the effective ``cfg`` into ``run_dir``; return it."""
+    run_dir = Path(run_dir)
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    device = pick_device(cfg.device)
+    cfg_dict = to_dict(cfg)
+    chash = config_hash(cfg_dict)
+    meta_path = run_dir / "run.json"
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("config_hash") == chash and meta.get("status") == "complete":
+            print(f"sparse-run: {run_dir} is already complete (config {chash}); nothing to do")
+            return run_dir
+        if meta.get("config_hash") != chash:
+            print(f"sparse-run: {run_dir} holds an earlier run of a different config; starting afresh")
+            for sub in ("checkpoints", "masks", "figures"):
+                shutil.rmtree(run_dir / sub, ignore_errors=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    meta = {"config_hash": chash, "status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "environment": environment(), "commit": _git_commit()}
+    atomic_write_text(meta_path, json.dumps(meta, indent=2))
+    import yaml  # shipped with omegaconf
+
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))
+
+    data = data_mod.load(cfg.dataset, cfg.paths.data_dir, device,
+                         train_subset=cfg.budget.train_subset, eval_subset=cfg.budget.eval_subset)
+    log = logger_mod.build(cfg.logger, run_dir, cfg_dict, f"{cfg.name}/{run_dir.name}")
+    run = Run(cfg=cfg, dir=run_dir, data=data, writer=RunWriter(run_dir), log=log, device=device)
+    ok = False
+    try:
+        if run.load_progress():
+            print(f"sparse-run: resuming {run_dir} ({len(run.done)} arms already done)")
+        RUNNERS[cfg.method.schedule.kind](run)
+        hardware.measure(run)
+        run.writer.flush()
+        report.run_figures(run_dir)
+        ok = True
+    finally:
+        log.finish(ok)
+    meta.update(status="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    atomic_write_text(meta_path, json.dumps(meta, indent=2))
+    return run_dir
+
+
+def _git_commit() -> str | None:
+    try:
+        import subprocess
+
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None

@@ -1,0 +1,12 @@
+"""Sparsity methods as compositions: importance criterion × selection × schedule, under a layer policy.
+
+A paper's method is a config (``conf/method/*.yaml``) naming one of each; see README "Methods".
+"""
+from .criteria import CRITERIA, ScoreContext
+from .masks import MaskSet
+from .policy import prunable, rate_scales
+from .selection import SCOPES, keep_global, keep_top, prune_fraction
+from .schedules import iterative_density
+
+__all__ = ["CRITERIA", "ScoreContext", "MaskSet", "prunable", "rate_scales", "SCOPES", "keep_global",
+           "keep_top", "prune_fraction", "iterative_density"]

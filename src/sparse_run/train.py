@@ -1,0 +1,197 @@
+"""The training loop (config group ``train/``).
+
+Lean by design: the data are tensors on the training device and batches are index slices; masks
+are enforced with one fused multiply on the gradients and one on the weights per step; the loss is
+accumulated on the device and read back only at evaluation, the one host sync of the loop.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import DataBundle
+from .sparsity.masks import MaskSet
+from .validate import ConfigError, choice
+
+OPTIMIZERS = ("adam", "sgd", "adamw")
+LR_SCHEDULES = ("constant", "step", "cosine")
+
+
+class Diverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, float]]
+    early_stop_step: int
+    test_acc_at_early_stop: float
+    final_test_acc: float
+    final_val_acc: float
+    wall_s: float
+    steps: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def make_optimizer(params: list[nn.Parameter], tcfg: Any) -> torch.optim.Optimizer:
+    name = choice(tcfg.optimizer, "train.optimizer", OPTIMIZERS)
+    lr, wd = float(tcfg.lr), float(tcfg.get("weight_decay", 0.0))
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    return torch.optim.SGD(params, lr=lr, momentum=float(tcfg.get("momentum", 0.0)), weight_decay=wd,
+                           nesterov=bool(tcfg.get("nesterov", False)))
+
+
+def make_lr_schedule(opt: torch.optim.Optimizer, tcfg: Any, steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-step LR multiplier: linear warmup, then constant / step decay / cosine."""
+    kind = choice(tcfg.get("lr_schedule", "constant"), "train.lr_schedule", LR_SCHEDULES)
+    warmup = int(tcfg.get("warmup_steps", 0))
+    # milestones are fractions of the run so budgets that shorten training keep the same shape
+    milestones = [int(f * steps) for f in (tcfg.get("milestones") or [])]
+    gamma = float(tcfg.get("gamma", 0.1))
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if kind == "step":
+            return gamma ** sum(step >= m for m in milestones)
+        if kind == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(step, steps) / max(1, steps)))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean loss and accuracy as 0-d device tensors (no host sync here)."""
+    was_training = model.training
+    model.eval()
+    loss = torch.zeros((), device=x.device)
+    correct = torch.zeros((), device=x.device)
+    for i in range(0, x.shape[0], chunk):
+        out = model(x[i:i + chunk])
+        loss += F.cross_entropy(out, y[i:i + chunk], reduction="sum")
+        correct += (out.argmax(1) == y[i:i + chunk]).sum()
+    model.train(was_training)
+    return loss / x.shape[0], correct / x.shape[0]
+
+
+def _progress(total: int, desc: str, start: int) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, desc=desc, leave=False, dynamic_ncols=True,
+                disable=not sys.stderr.isatty(), mininterval=0.5)
+
+
+StepHook = Callable[[int, nn.Module, MaskSet], None]
+
+
+def train(model: nn.Module, masks: MaskSet, data: DataBundle, tcfg: Any, *, steps: int, eval_every: int,
+          seed: int, desc: str = "train", hooks: list[StepHook] | None = None,
+          on_eval: Callable[[dict[str, float]], None] | None = None,
+          checkpoint: Callable[[dict[str, Any]], None] | None = None,
+          resume: dict[str, Any] | None = None,
+          capture: tuple[int, Callable[[dict[str, Any]], None]] | None = None) -> TrainResult:
+    """Train ``model`` under ``masks`` for ``steps`` iterations, evaluating every ``eval_every``.
+
+    The data order depends only on ``seed`` (so arms of one run see the same batches). ``hooks``
+    run after every optimizer step (gradual / dynamic schedules update masks there). ``checkpoint``
+    receives the full loop state every ``train.checkpoint_every`` steps; passing that state back as
+    ``resume`` continues bit-for-bit. ``capture=(k, fn)`` hands ``fn`` the same state at step ``k``
+    (late rewinding keeps it as the point survivors return to).
+    """
+    device = data.train_x.device
+    batch = int(tcfg.batch_size)
+    n = data.train_x.shape[0]
+    if batch > n:
+        raise ConfigError("train.batch_size", f"got {batch}; must be <= the training set size ({n})")
+    opt = make_optimizer(list(model.parameters()), tcfg)
+    sched = make_lr_schedule(opt, tcfg, steps)
+    gen = torch.Generator().manual_seed(seed)
+    fwd = torch.compile(model) if tcfg.get("compile") else model
+    history: list[dict[str, float]] = []
+    per_epoch = n // batch
+    order = torch.empty(0, dtype=torch.long)
+    cursor, start, wall0 = per_epoch, 0, 0.0
+    loss_sum = torch.zeros((), device=device)
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        masks.load_state_dict(resume["masks"])
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["scheduler"])
+        gen.set_state(resume["generator"])
+        order, cursor, start = resume["order"], resume["cursor"], resume["step"]
+        history, wall0 = list(resume["history"]), resume["wall_s"]
+        loss_sum = resume["loss_sum"].to(device)
+    masks.apply_()
+    every = int(tcfg.get("checkpoint_every") or 0)
+    model.train()
+    t0 = time.perf_counter()
+    bar = _progress(steps, desc, start)
+    since_eval = start % eval_every if eval_every else 0
+    def state(done: int) -> dict[str, Any]:
+        return {"model": model.state_dict(), "masks": masks.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "generator": gen.get_state(), "order": order,
+                "cursor": cursor, "step": done, "history": list(history), "loss_sum": loss_sum.detach().clone(),
+                "wall_s": wall0 + time.perf_counter() - t0}
+
+    if capture and capture[0] == start:
+        capture[1](state(start))
+    for step in range(start, steps):
+        if cursor >= per_epoch:
+            order = torch.randperm(n, generator=gen)[: per_epoch * batch].view(per_epoch, batch).to(device)
+            cursor = 0
+        idx = order[cursor]
+        cursor += 1
+        loss = F.cross_entropy(fwd(data.train_x[idx]), data.train_y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        masks.mask_grads_()
+        opt.step()
+        masks.apply_()
+        sched.step()
+        loss_sum += loss.detach()
+        since_eval += 1
+        for hook in hooks or ():
+            hook(step + 1, model, masks)
+        done = step + 1
+        if done % eval_every == 0 or done == steps:
+            record = _eval_record(model, data, done, loss_sum / since_eval)
+            loss_sum.zero_()
+            since_eval = 0
+            history.append(record)
+            bar.set_postfix(val_acc=f"{record['val_acc']:.4f}")
+            if on_eval:
+                on_eval(record)
+            if not math.isfinite(record["train_loss"]) or not math.isfinite(record["val_loss"]):
+                bar.close()
+                raise Diverged(f"loss became {record['train_loss']} at step {done} ({desc}); "
+                               "lower train.lr or check the data")
+        bar.update(1)
+        if capture and capture[0] == done:
+            capture[1](state(done))
+        if checkpoint and every and done % every == 0 and done < steps:
+            checkpoint(state(done))
+    bar.close()
+    wall = wall0 + time.perf_counter() - t0
+    best = min(history, key=lambda r: r["val_loss"])
+    return TrainResult(history=history, early_stop_step=int(best["step"]),
+                       test_acc_at_early_stop=best["test_acc"], final_test_acc=history[-1]["test_acc"],
+                       final_val_acc=history[-1]["val_acc"], wall_s=wall, steps=steps)
+
+
+def _eval_record(model: nn.Module, data: DataBundle, step: int, train_loss: torch.Tensor) -> dict[str, float]:
+    val_loss, val_acc = evaluate(model, data.val_x, data.val_y)
+    _, test_acc = evaluate(model, data.test_x, data.test_y)
+    vals = torch.stack([train_loss, val_loss, val_acc, test_acc]).tolist()  # the one host sync
+    return {"step": step, "train_loss": vals[0], "val_loss": vals[1], "val_acc": vals[2], "test_acc": vals[3]}
