@@ -61,7 +61,14 @@ def validate(cfg: DictConfig) -> None:
         choice(v, "method.controls.variants", CONTROL_VARIANTS)
     number(m.policy.last_rate_scale, "method.policy.last_rate_scale", lo=0)
     choice(cfg.logger.kind, "logger.kind", LOGGERS)
-    number(cfg.dataset.val_size, "dataset.val_size", lo=0, integer=True)
+    d = cfg.dataset
+    number(d.val_size, "dataset.val_size", lo=0, integer=True)
+    if d.get("train_examples"):
+        number(d.val_size, "dataset.val_size", lo=0, hi=int(d.train_examples) - 1, integer=True)
+        available = int(d.train_examples) - int(d.val_size)
+        if b.train_subset:
+            available = min(available, int(b.train_subset))
+        number(t.batch_size, "train.batch_size", lo=1, hi=available, integer=True)
 
 
 def apply_budget(cfg: DictConfig) -> DictConfig:

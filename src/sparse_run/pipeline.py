@@ -70,6 +70,11 @@ class Run:
     def new_masks(self, model: torch.nn.Module) -> MaskSet:
         return MaskSet(prunable(model, self.cfg.method.policy))
 
+    def writer_frame(self) -> Any:
+        import pandas as pd
+
+        return pd.DataFrame(self.writer.rows)
+
     # -- persistence for resume -------------------------------------------------------------
     def save_progress(self) -> None:
         self.writer.save(STATE, {"writer": self.writer.state(), "done": sorted(self.done), "extra": self.extra_state})
@@ -87,8 +92,14 @@ class Run:
     # -- one arm ------------------------------------------------------------------------------
     def train_arm(self, key: str, model: torch.nn.Module, masks: MaskSet, round_: int, variant: str, *,
                   target_density: float, start_state: dict[str, Any] | None = None,
-                  capture: tuple[int, Callable[[dict[str, Any]], None]] | None = None) -> TrainResult:
-        """Train one arm (resuming mid-arm if a checkpoint for it exists) and record its row."""
+                  capture: tuple[int, Callable[[dict[str, Any]], None]] | None = None,
+                  save_as: str | None = None) -> TrainResult:
+        """Train one arm (resuming mid-arm if a checkpoint for it exists) and record its row.
+
+        ``save_as`` stores the trained weights + masks before the arm is marked done, so a kill at
+        any moment leaves either an unfinished arm (retrained from its last checkpoint) or a
+        finished one with all its artefacts.
+        """
         t = self.cfg.train
         ctx = self.context(round_, variant)
         inflight = self.dir / INFLIGHT
@@ -110,6 +121,8 @@ class Run:
                "early_stop_step": result.early_stop_step, "test_acc_at_early_stop": result.test_acc_at_early_stop,
                "val_acc": result.final_val_acc, "steps": result.steps, "wall_s": round(result.wall_s, 3),
                "status": "ok"}
+        if save_as:
+            self.writer.save(save_as, {"model": model.state_dict(), "masks": masks.state_dict()})
         self.writer.add(row, result.history, ctx)
         self.log.log_row(row)
         self.done.add(key)
@@ -127,8 +140,7 @@ def run_dense(run: Run) -> None:
     model = run.new_model(run.seed)
     masks = run.new_masks(model)
     if "r0/dense" not in run.done:
-        run.train_arm("r0/dense", model, masks, 0, "dense", target_density=1.0)
-        run.writer.save("checkpoints/final.pt", {"model": model.state_dict(), "masks": masks.state_dict()})
+        run.train_arm("r0/dense", model, masks, 0, "dense", target_density=1.0, save_as="checkpoints/final.pt")
 
 
 def run_iterative(run: Run) -> None:
@@ -145,32 +157,39 @@ def run_iterative(run: Run) -> None:
     rounds = int(sched.rounds)
     control_rounds = set(range(1, rounds + 1)) if method.controls.rounds is None else set(method.controls.rounds)
     score = CRITERIA[method.criterion]
-    gen = torch.Generator().manual_seed(derive_seed(run.seed, "scores"))
     rewind_path = run.dir / "checkpoints/rewind.pt"
 
     def capture(state: dict[str, Any]) -> None:
         run.writer.save("checkpoints/rewind.pt", state)
+
+    def load_masks(r: int) -> dict[str, torch.Tensor]:
+        return torch.load(run.dir / f"masks/round_{r:02d}.pt", weights_only=True)
 
     for r in range(rounds + 1):
         mask_path = run.dir / f"masks/round_{r:02d}.pt"
         trained_path = run.dir / f"checkpoints/round_{r:02d}.pt"
         key = f"r{r}/{'dense' if r == 0 else 'ticket'}"
         if mask_path.exists():  # this round's masks were already chosen (resume)
-            masks.load_state_dict(torch.load(mask_path, weights_only=True))
+            masks.load_state_dict(load_masks(r))
         elif r > 0:
             prev = torch.load(run.dir / f"checkpoints/round_{r - 1:02d}.pt", weights_only=True)
             model.load_state_dict(prev["model"])
             masks.load_state_dict(prev["masks"])
+            gen = torch.Generator().manual_seed(derive_seed(run.seed, "scores", r))
             scores = score(ScoreContext(model=model, masks=masks, generator=gen))
-            before = {n: int(m.sum()) for n, m in masks.masks.items()}
             masks.set(prune_fraction(scores, masks, float(sched.rate), scales, method.selection.scope))
-            targets = {n: (before[n] - round(before[n] * rates[n])) / sizes[n] for n in names} \
-                if method.selection.scope == "layerwise" else None
-            run.writer.add_layers(r, masks.report(targets))
             run.writer.save(f"masks/round_{r:02d}.pt", masks.state_dict())
         else:
-            run.writer.add_layers(0, masks.report({n: 1.0 for n in names}))
             run.writer.save("masks/round_00.pt", masks.state_dict())
+        # per-layer report of this pruning event: requested vs achieved (idempotent on resume)
+        if r == 0:
+            targets = {n: 1.0 for n in names}
+        elif method.selection.scope == "layerwise":
+            before = {n: int(m.sum()) for n, m in load_masks(r - 1).items()}
+            targets = {n: (before[n] - round(before[n] * rates[n])) / sizes[n] for n in names}
+        else:
+            targets = {}
+        run.writer.add_layers(r, masks.report(targets))
         target = iterative_density(sizes, rates, r)
 
         if key not in run.done:
@@ -186,8 +205,7 @@ def run_iterative(run: Run) -> None:
             masks.apply_()
             cap = (int(sched.rewind_step), capture) if (r == 0 and sched.rewind == "step") else None
             run.train_arm(key, model, masks, r, "dense" if r == 0 else "ticket", target_density=target,
-                          start_state=start_state, capture=cap)
-            run.writer.save(f"checkpoints/round_{r:02d}.pt", {"model": model.state_dict(), "masks": masks.state_dict()})
+                          start_state=start_state, capture=cap, save_as=f"checkpoints/round_{r:02d}.pt")
         elif not trained_path.exists():
             raise RuntimeError(f"inconsistent run state: {key} done but {trained_path} missing")
 
@@ -277,6 +295,8 @@ def execute(cfg: DictConfig, run_dir: Path) -> Path:
         log.finish(ok)
     meta.update(status="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
     atomic_write_text(meta_path, json.dumps(meta, indent=2))
+    print(f"{cfg.name} (budget {cfg.budget.name}, seed {cfg.seed}) → {run_dir}")
+    print(report.console_table(run.writer_frame()))
     return run_dir
 
 

@@ -84,6 +84,17 @@ def run_figures(run_dir: Path) -> list[Path]:
     return [accuracy_vs_density(df, Path(run_dir) / "figures" / "accuracy_vs_density.png", title)]
 
 
+def console_table(df: pd.DataFrame) -> str:
+    """A compact table of a summary for the terminal (one line per round × variant)."""
+    cols = {"round": "round", "variant": "variant", "density": "density %", "test_acc_at_early_stop": "acc@ES %",
+            "early_stop_step": "ES step", "test_acc": "final acc %", "wall_s": "s"}
+    t = df[[c for c in cols if c in df]].copy()
+    for c in ("density", "test_acc_at_early_stop", "test_acc"):
+        if c in t:
+            t[c] = (t[c] * 100).round(2)
+    return t.rename(columns=cols).to_string(index=False)
+
+
 def main() -> None:
     """``sparse-run-report DIR``: aggregate every summary.csv under DIR (completed in the sweeps issue)."""
     import sys

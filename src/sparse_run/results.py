@@ -90,6 +90,8 @@ class RunWriter:
         self.flush()
 
     def add_layers(self, round_: int, report: Iterable[Any]) -> None:
+        """Per-layer sparsity of one pruning event (replaces an earlier record of the same round)."""
+        self.layers = [row for row in self.layers if row["round"] != round_]
         for lr in report:
             self.layers.append({"round": round_, "layer": lr.name, "numel": lr.numel, "nonzeros": lr.nonzeros,
                                 "target_density": lr.target_density, "density": lr.density})
