@@ -117,7 +117,16 @@ def main() -> None:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"error: {first}", file=sys.stderr)
         sys.exit(2)
-    task()
+    try:
+        task()
+    finally:
+        # Hydra skips on_multirun_end when a job failed: aggregate what the sweep left anyway.
+        from .report import ReportCallback, report
+
+        for sweep in sorted(ReportCallback.started):
+            if Path(sweep).is_dir():
+                report(Path(sweep))
+        ReportCallback.started.clear()
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig
 
 from . import data as data_mod
-from . import hardware, logger as logger_mod, models, report
+from . import hardware, logger as logger_mod, models, report, stages
 from .config import to_dict
 from .results import RunWriter, atomic_write_text
 from .sparsity import CRITERIA, MaskSet, ScoreContext, iterative_density, prunable, prune_fraction, rate_scales
@@ -37,7 +37,7 @@ def derive_seed(seed: int, *tags: Any) -> int:
 
 def config_hash(cfg: dict[str, Any]) -> str:
     """Hash of the settings that determine results (paths, logger and display settings excluded)."""
-    keep = {k: v for k, v in cfg.items() if k not in ("paths", "logger", "progress", "hydra")}
+    keep = {k: v for k, v in cfg.items() if k not in ("paths", "logger", "progress", "hydra", "cache", "threads")}
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -93,12 +93,14 @@ class Run:
     def train_arm(self, key: str, model: torch.nn.Module, masks: MaskSet, round_: int, variant: str, *,
                   target_density: float, start_state: dict[str, Any] | None = None,
                   capture: tuple[int, Callable[[dict[str, Any]], None]] | None = None,
-                  save_as: str | None = None) -> TrainResult:
+                  save_as: str | None = None, stage: str | None = None) -> TrainResult:
         """Train one arm (resuming mid-arm if a checkpoint for it exists) and record its row.
 
         ``save_as`` stores the trained weights + masks before the arm is marked done, so a kill at
         any moment leaves either an unfinished arm (retrained from its last checkpoint) or a
-        finished one with all its artefacts.
+        finished one with all its artefacts. ``stage`` names a shareable stage (``"dense"``): its
+        result is cached under ``<results_dir>/.cache/`` keyed by the config that determines it,
+        so other runs and sweep jobs reuse it instead of training it again.
         """
         t = self.cfg.train
         ctx = self.context(round_, variant)
@@ -112,9 +114,15 @@ class Run:
         def checkpoint(state: dict[str, Any]) -> None:
             self.writer.save(INFLIGHT, {"arm": key, "state": state})
 
-        result = train(model, masks, self.data, t, steps=int(t.steps), eval_every=int(t.eval_every),
-                       seed=self.seed, desc=f"round {round_} {variant}", checkpoint=checkpoint, resume=resume,
-                       on_eval=lambda rec: self.log.log_eval(rec, ctx), capture=capture)
+        def fit(cap: Any = capture) -> TrainResult:
+            return train(model, masks, self.data, t, steps=int(t.steps), eval_every=int(t.eval_every),
+                         seed=self.seed, desc=f"round {round_} {variant}", checkpoint=checkpoint, resume=resume,
+                         on_eval=lambda rec: self.log.log_eval(rec, ctx), capture=cap)
+
+        if stage and self.cfg.get("cache", True):
+            result = stages.cached(self, stage, model, masks, fit, capture)
+        else:
+            result = fit()
         masks.check()  # pruned weights are exactly zero after the last optimizer step
         row = {**ctx, "target_density": target_density, "density": masks.density(), "nonzeros": masks.nonzeros(),
                "prunable": masks.numel(), "test_acc": result.final_test_acc,
@@ -140,7 +148,8 @@ def run_dense(run: Run) -> None:
     model = run.new_model(run.seed)
     masks = run.new_masks(model)
     if "r0/dense" not in run.done:
-        run.train_arm("r0/dense", model, masks, 0, "dense", target_density=1.0, save_as="checkpoints/final.pt")
+        run.train_arm("r0/dense", model, masks, 0, "dense", target_density=1.0, save_as="checkpoints/final.pt",
+                      stage="dense")
 
 
 def run_iterative(run: Run) -> None:
@@ -205,7 +214,8 @@ def run_iterative(run: Run) -> None:
             masks.apply_()
             cap = (int(sched.rewind_step), capture) if (r == 0 and sched.rewind == "step") else None
             run.train_arm(key, model, masks, r, "dense" if r == 0 else "ticket", target_density=target,
-                          start_state=start_state, capture=cap, save_as=f"checkpoints/round_{r:02d}.pt")
+                          start_state=start_state, capture=cap, save_as=f"checkpoints/round_{r:02d}.pt",
+                          stage="dense" if r == 0 else None)
         elif not trained_path.exists():
             raise RuntimeError(f"inconsistent run state: {key} done but {trained_path} missing")
 

@@ -5,16 +5,21 @@ results root, and on runs made by older versions.
 """
 from __future__ import annotations
 
+import json
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from hydra.experimental.callback import Callback  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator  # noqa: E402
 
-from .results import read_summary  # noqa: E402
+from .results import SUMMARY_COLUMNS, atomic_write_text, read_summary, rows_to_csv  # noqa: E402
 
 STYLE = {"ticket": ("tab:blue", "o", "winning ticket (rewind)"),
          "reinit": ("tab:orange", "s", "random reinit (same mask)"),
@@ -37,39 +42,89 @@ def _pct_axis(ax: plt.Axes, pcts: list[float]) -> None:
     ax.grid(True, which="both", alpha=0.3)
 
 
+def _series(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame, str, str]]:
+    """(label, rows, color, marker) per method × variant; dense rows are drawn as the baseline band."""
+    methods = sorted(df.method.unique())
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    out = []
+    for i, (key, sub) in enumerate(sorted(df[df.variant != "dense"].groupby(["method", "variant"]),
+                                          key=lambda kv: (kv[0][0], list(STYLE).index(kv[0][1])
+                                                          if kv[0][1] in STYLE else 99))):
+        method, variant = key
+        color, marker, name = STYLE.get(variant, (None, "o", variant))
+        if len(methods) > 1:
+            name, color = f"{method}: {name}", colors[i % len(colors)]
+        out.append((name, sub, color, marker))
+    return out
+
+
+def _mean_band(ax: plt.Axes, sub: pd.DataFrame, col: str, scale: float, label: str, color: str | None,
+               marker: str) -> None:
+    """Mean over seeds as a line, ±1 std as a band, at each density level."""
+    level = sub.target_density.round(6) if "target_density" in sub else sub["round"]
+    g = sub.assign(pct=sub.density * 100, level=level).groupby("level").agg(
+        pct=("pct", "mean"), mu=(col, "mean"), sd=(col, lambda s: s.std(ddof=0)), n=(col, "size"))
+    g = g.sort_values("pct", ascending=False)
+    line, = ax.plot(g.pct, g.mu * scale, color=color, marker=marker, ms=4, label=f"{label} (n={int(g.n.max())})")
+    ax.fill_between(g.pct, (g.mu - g.sd.fillna(0)) * scale, (g.mu + g.sd.fillna(0)) * scale,
+                    color=line.get_color(), alpha=0.15)
+
+
+def _dense_band(ax: plt.Axes, dense: pd.DataFrame, col: str, scale: float) -> None:
+    if dense.empty:
+        return
+    mu = dense[col].mean() * scale
+    sd = (dense[col].std(ddof=0) if len(dense) > 1 else 0.0) * scale
+    ax.axhline(mu, color="black", lw=1.2, ls="--", label=f"dense (n={len(dense)})")
+    if sd > 0:
+        ax.axhspan(mu - sd, mu + sd, color="black", alpha=0.08)
+
+
 def accuracy_vs_density(df: pd.DataFrame, out: Path, title: str) -> Path:
     """Two panels: test accuracy at early stop, and the early-stop iteration, vs % weights remaining.
 
-    Lines are means over seeds with a ±1 std band; the dense baseline is a horizontal band.
+    Lines are means over seeds with a ±1 std band; the dense baseline is a horizontal line and band.
+    One line per method × variant (ticket, reinit, sparse, small dense, …).
     """
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
     dense = df[df.variant == "dense"]
     for ax, col, label in ((axes[0], "test_acc_at_early_stop", "test accuracy at early stop (%)"),
                            (axes[1], "early_stop_step", "early-stop iteration (min val. loss)")):
         scale = 100.0 if col.startswith("test_acc") else 1.0
-        if len(dense):
-            mu, sd = dense[col].mean() * scale, (dense[col].std(ddof=0) if len(dense) > 1 else 0.0) * scale
-            ax.axhline(mu, color="black", lw=1.2, ls="--", label=f"dense (n={len(dense)})")
-            if sd > 0:
-                ax.axhspan(mu - sd, mu + sd, color="black", alpha=0.08)
-        for variant, (color, marker, name) in STYLE.items():
-            sub = df[df.variant == variant]
-            if sub.empty:
-                continue
-            g = sub.assign(pct=sub.density * 100).groupby("round").agg(
-                pct=("pct", "mean"), mu=(col, "mean"), sd=(col, lambda s: s.std(ddof=0)), n=(col, "size"))
-            g = g.sort_values("pct", ascending=False)
-            ax.plot(g.pct, g.mu * scale, color=color, marker=marker, ms=4, label=f"{name} (n={int(g.n.max())})")
-            ax.fill_between(g.pct, (g.mu - g.sd.fillna(0)) * scale, (g.mu + g.sd.fillna(0)) * scale,
-                            color=color, alpha=0.15)
+        _dense_band(ax, dense, col, scale)
+        for name, sub, color, marker in _series(df):
+            _mean_band(ax, sub, col, scale, name, color, marker)
         _pct_axis(ax, (df.density * 100).tolist())
         ax.set_ylabel(label)
-    axes[0].legend(fontsize=8, loc="lower left")
+    axes[0].legend(fontsize=7, loc="lower left")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    return save_figure(fig, out, {"title": title, **_provenance(df)})
+
+
+def _provenance(df: pd.DataFrame) -> dict[str, Any]:
+    info: dict[str, Any] = {"seeds": sorted(int(s) for s in df.seed.dropna().unique())}
+    for col in ("experiment", "budget", "method", "model", "dataset", "hardware"):
+        if col in df:
+            info[col + "s"] = sorted(str(v) for v in df[col].dropna().unique())
+    if "run_dir" in df:
+        info["runs"] = sorted(df.run_dir.dropna().unique().tolist())
+    return info
+
+
+def save_figure(fig: plt.Figure, out: Path, meta: dict[str, Any]) -> Path:
+    """PNG + PDF + a sidecar JSON recording budget, seeds, source runs and the code's commit."""
+    from .pipeline import _git_commit
+
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {**meta, "commit": _git_commit(), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     fig.savefig(out, dpi=120)
+    fig.savefig(out.with_suffix(".pdf"), metadata={"Title": str(meta.get("title", out.stem)),
+                                                   "Subject": json.dumps({k: v for k, v in meta.items()
+                                                                          if k != "runs"})[:2000]})
     plt.close(fig)
+    atomic_write_text(out.with_suffix(".json"), json.dumps(meta, indent=2))
     return out
 
 
@@ -95,14 +150,142 @@ def console_table(df: pd.DataFrame) -> str:
     return t.rename(columns=cols).to_string(index=False)
 
 
-def main() -> None:
-    """``sparse-run-report DIR``: aggregate every summary.csv under DIR (completed in the sweeps issue)."""
-    import sys
+# ---------------------------------------------------------------------------------------------
+# Aggregation over runs, sweeps and results roots
+# ---------------------------------------------------------------------------------------------
 
-    root = Path(sys.argv[1] if len(sys.argv) > 1 else "results")
-    df = read_summary(root)
+def _job_config(d: Path) -> dict[str, Any]:
+    import yaml
+
+    for cand in (d / "config.yaml", d / ".hydra" / "config.yaml"):
+        if cand.exists():
+            return yaml.safe_load(cand.read_text()) or {}
+    return {}
+
+
+def _sweep_label(d: Path) -> str:
+    """The job's command-line overrides minus seed and output settings: what distinguishes it in a sweep."""
+    import yaml
+
+    f = d / ".hydra" / "overrides.yaml"
+    if not f.exists():
+        return ""
+    skip = ("seed=", "paths.", "experiment=", "logger", "hydra/", "threads=", "device=", "progress=", "budget=")
+    return ",".join(o for o in (yaml.safe_load(f.read_text()) or []) if not o.startswith(skip))
+
+
+def collect(root: Path) -> pd.DataFrame:
+    """Every run under ``root`` as summary rows; a failed or unfinished job becomes one row whose
+    ``status`` says so (with its error), so a sweep with failures still aggregates."""
+    root = Path(root)
+    frames = []
+    job_dirs = sorted({p.parent for p in root.rglob("run.json")} | {p.parent.parent for p in root.rglob(".hydra/config.yaml")})
+    for d in job_dirs:
+        meta = json.loads((d / "run.json").read_text()) if (d / "run.json").exists() else {"status": "failed",
+                                                                                             "error": "no run.json"}
+        summary = d / "summary.csv"
+        sweep = _sweep_label(d)
+        if summary.exists() and meta.get("status") == "complete":
+            frames.append(pd.read_csv(summary).assign(run_dir=str(d), sweep=sweep))
+            continue
+        cfg = _job_config(d)
+        frames.append(pd.DataFrame([{
+            "experiment": cfg.get("name"), "method": (cfg.get("method") or {}).get("name"),
+            "model": (cfg.get("model") or {}).get("name"), "dataset": (cfg.get("dataset") or {}).get("name"),
+            "seed": cfg.get("seed"), "budget": (cfg.get("budget") or {}).get("name"),
+            "hardware": (cfg.get("hardware") or {}).get("name"), "status": meta.get("status", "failed"),
+            "error": meta.get("error", ""), "run_dir": str(d), "sweep": sweep}]))
+    if not frames:
+        return pd.DataFrame(columns=SUMMARY_COLUMNS + ["run_dir"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def aggregate(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean ± std over seeds per experiment × method × variant × round (ok rows only)."""
+    ok = df[df.status == "ok"].copy()
+    if ok.empty:
+        return pd.DataFrame()
+    ok["round"] = ok["round"].astype("Int64")
+    keys = [k for k in ("experiment", "budget", "sweep", "method", "variant", "round") if k in ok]
+    g = ok.groupby(keys, dropna=False)
+    out = g.agg(seeds=("seed", "nunique"), density=("density", "mean"),
+                acc_es=("test_acc_at_early_stop", "mean"), acc_es_std=("test_acc_at_early_stop", lambda s: s.std(ddof=0)),
+                es_step=("early_stop_step", "mean"), final_acc=("test_acc", "mean"),
+                final_acc_std=("test_acc", lambda s: s.std(ddof=0))).reset_index()
+    return out.sort_values([k for k in ("experiment", "sweep", "method", "round", "variant") if k in out])
+
+
+def format_table(agg: pd.DataFrame) -> str:
+    if agg.empty:
+        return "(no finished runs)"
+    t = agg.copy()
+    t["density %"] = (t.pop("density") * 100).round(2)
+    t["acc@ES %"] = [f"{m * 100:.2f} ± {s * 100:.2f}" for m, s in zip(t.pop("acc_es"), t.pop("acc_es_std"))]
+    t["final %"] = [f"{m * 100:.2f} ± {s * 100:.2f}" for m, s in zip(t.pop("final_acc"), t.pop("final_acc_std"))]
+    t["ES step"] = t.pop("es_step").round(0).astype(int)
+    return t.to_string(index=False)
+
+
+def report(root: Path, figures: bool = True, quiet: bool = False) -> pd.DataFrame:
+    """Gather ``root`` into ``root/report/`` (all_runs.csv, table.txt, figures/) and print the table."""
+    root = Path(root)
+    df = collect(root)
+    out = root / "report"
+    atomic_write_text(out / "all_runs.csv", rows_to_csv(df.to_dict("records"), SUMMARY_COLUMNS))
+    agg = aggregate(df)
+    table = format_table(agg)
+    failed = df[df.status != "ok"] if "status" in df else df.iloc[0:0]
+    lines = [table]
+    if len(failed):
+        lines.append(f"\n{len(failed)} job(s) not complete:")
+        lines += [f"  {r['status']}: {r['run_dir']} {r.get('error', '') or ''}" for r in failed.to_dict('records')]
+    text = "\n".join(lines)
+    atomic_write_text(out / "table.txt", text + "\n")
+    if not quiet:
+        print(text)
+        print(f"report → {out}")
+    if figures:
+        report_figures(df[df.status == "ok"], out / "figures")
+    return df
+
+
+def report_figures(ok: pd.DataFrame, out: Path) -> list[Path]:
+    """One accuracy-vs-density figure per experiment × budget found."""
+    made = []
+    for (exp, budget), sub in ok.groupby(["experiment", "budget"]):
+        if "density" not in sub or sub.density.isna().all():
+            continue
+        title = (f"{exp} (budget {budget}): {', '.join(sorted(sub.model.unique()))} on "
+                 f"{', '.join(sorted(sub.dataset.unique()))}; seeds {sorted(int(s) for s in sub.seed.unique())}")
+        made.append(accuracy_vs_density(sub, out / f"{exp}_{budget}_accuracy_vs_density.png", title))
+    return made
+
+
+class ReportCallback(Callback):
+    """Hydra callback: aggregate a sweep when it ends (Hydra skips this when a job raised, so the
+    CLI also reports every sweep it started — see ``cli.main``)."""
+
+    started: set[str] = set()
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        ReportCallback.started.add(str(config.hydra.sweep.dir))
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        sweep = str(config.hydra.sweep.dir)
+        ReportCallback.started.discard(sweep)
+        report(Path(sweep))
+
+
+def main() -> None:
+    """``sparse-run-report DIR [--no-figures]``: aggregate every run under DIR (a run, a sweep, a results root)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="sparse-run-report", description=main.__doc__)
+    ap.add_argument("dir", type=Path, nargs="?", default=Path("results"))
+    ap.add_argument("--no-figures", action="store_true")
+    args = ap.parse_args()
+    if not args.dir.is_dir():
+        sys.exit(f"error: dir: {args.dir} is not a directory; allowed: a run, sweep or results directory")
+    df = report(args.dir, figures=not args.no_figures)
     if df.empty:
-        sys.exit(f"error: no summary.csv under {root}")
-    cols = ["experiment", "method", "seed", "round", "variant", "density", "test_acc_at_early_stop",
-            "early_stop_step", "test_acc"]
-    print(df[[c for c in cols if c in df]].to_string(index=False))
+        sys.exit(f"error: dir: no runs under {args.dir}")

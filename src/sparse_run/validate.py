@@ -9,7 +9,10 @@ class ConfigError(ValueError):
 
     def __init__(self, field: str, message: str):
         super().__init__(f"{field}: {message}")
-        self.field = field
+        self.field, self.message = field, message
+
+    def __reduce__(self):  # picklable across launcher processes (submitit, joblib)
+        return (type(self), (self.field, self.message))
 
 
 def choice(value: Any, field: str, allowed: Iterable[Any]) -> Any:
