@@ -52,7 +52,11 @@ def make_optimizer(params: list[nn.Parameter], tcfg: Any) -> torch.optim.Optimiz
 
 
 def make_lr_schedule(opt: torch.optim.Optimizer, tcfg: Any, steps: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-step LR multiplier: linear warmup, then constant / step decay / cosine."""
+    """Per-step LR multiplier: linear warmup, then constant / step decay / cosine.
+
+    A constant schedule without warmup is a ``ConstantLR`` of factor 1 whose ``step`` the loop
+    skips, so the common case pays nothing per step.
+    """
     kind = choice(tcfg.get("lr_schedule", "constant"), "train.lr_schedule", LR_SCHEDULES)
     warmup = int(tcfg.get("warmup_steps", 0))
     # milestones are fractions of the run so budgets that shorten training keep the same shape
@@ -117,6 +121,7 @@ def train(model: nn.Module, masks: MaskSet, data: DataBundle, tcfg: Any, *, step
         raise ConfigError("train.batch_size", f"got {batch}; must be <= the training set size ({n})")
     opt = make_optimizer(list(model.parameters()), tcfg)
     sched = make_lr_schedule(opt, tcfg, steps)
+    constant_lr = tcfg.get("lr_schedule", "constant") == "constant" and not int(tcfg.get("warmup_steps", 0))
     gen = torch.Generator().manual_seed(seed)
     fwd = torch.compile(model) if tcfg.get("compile") else model
     history: list[dict[str, float]] = []
@@ -159,7 +164,8 @@ def train(model: nn.Module, masks: MaskSet, data: DataBundle, tcfg: Any, *, step
         masks.mask_grads_()
         opt.step()
         masks.apply_()
-        sched.step()
+        if not constant_lr:
+            sched.step()
         loss_sum += loss.detach()
         since_eval += 1
         for hook in hooks or ():
@@ -170,14 +176,14 @@ def train(model: nn.Module, masks: MaskSet, data: DataBundle, tcfg: Any, *, step
             loss_sum.zero_()
             since_eval = 0
             history.append(record)
-            bar.set_postfix(val_acc=f"{record['val_acc']:.4f}")
+            bar.set_postfix(val_acc=f"{record['val_acc']:.4f}", refresh=False)
+            bar.update(done - bar.n)
             if on_eval:
                 on_eval(record)
             if not math.isfinite(record["train_loss"]) or not math.isfinite(record["val_loss"]):
                 bar.close()
                 raise Diverged(f"loss became {record['train_loss']} at step {done} ({desc}); "
                                "lower train.lr or check the data")
-        bar.update(1)
         if capture and capture[0] == done:
             capture[1](state(done))
         if checkpoint and every and done % every == 0 and done < steps:
