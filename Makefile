@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 BUDGET ?= quick
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install data run test test-slow bench clean
+.PHONY: install data run test test-slow bench figures clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ test-slow: data  ## also the slow end-to-end tests
 
 bench: data  ## training-loop speed against a hand-written loop
 	$(BIN)/python scripts/bench_train.py --json results/bench_train.json
+
+figures: data  ## the paper figure set into results/figures/ (BUDGET=quick by default; BUDGET=paper for the full protocol)
+	$(BIN)/python scripts/make_figures.py --budget $(BUDGET)
 
 clean:
 	rm -rf build dist src/*.egg-info .pytest_cache

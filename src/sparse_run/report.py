@@ -178,13 +178,16 @@ def collect(root: Path) -> pd.DataFrame:
     """Every run under ``root`` as summary rows; a failed or unfinished job becomes one row whose
     ``status`` says so (with its error), so a sweep with failures still aggregates."""
     root = Path(root)
-    frames = []
+    frames, seen = [], set()
     job_dirs = sorted({p.parent for p in root.rglob("run.json")} | {p.parent.parent for p in root.rglob(".hydra/config.yaml")})
     for d in job_dirs:
         meta = json.loads((d / "run.json").read_text()) if (d / "run.json").exists() else {"status": "failed",
                                                                                              "error": "no run.json"}
         summary = d / "summary.csv"
         sweep = _sweep_label(d)
+        if meta.get("config_hash") in seen:  # the same config run twice (e.g. with and without seed=0)
+            continue
+        seen.add(meta.get("config_hash"))
         if summary.exists() and meta.get("status") == "complete":
             frames.append(pd.read_csv(summary).assign(run_dir=str(d), sweep=sweep))
             continue
