@@ -185,9 +185,10 @@ def collect(root: Path) -> pd.DataFrame:
                                                                                              "error": "no run.json"}
         summary = d / "summary.csv"
         sweep = _sweep_label(d)
-        if meta.get("config_hash") in seen:  # the same config run twice (e.g. with and without seed=0)
+        chash = meta.get("config_hash") if meta.get("status") == "complete" else None
+        if chash and chash in seen:  # the same config run twice (e.g. with and without seed=0)
             continue
-        seen.add(meta.get("config_hash"))
+        seen.add(chash)
         if summary.exists() and meta.get("status") == "complete":
             frames.append(pd.read_csv(summary).assign(run_dir=str(d), sweep=sweep))
             continue
