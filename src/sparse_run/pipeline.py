@@ -206,7 +206,8 @@ def _iterative_chain(run: Run, rewind: str, label: str | None, capture_round0: b
     for r in range(rounds + 1):
         mask_path, trained_path = path("masks", r), path("checkpoints", r)
         key = "r0/dense" if r == 0 else f"{pre}r{r}/ticket"
-        target = iterative_density(sizes, rates, r)
+        target = iterative_density(sizes, rates, r) if method.selection.scope == "layerwise" \
+            else (1.0 - float(sched.rate)) ** r  # global: one rate over all survivors, layer scales unused
         if mask_path.exists():  # this round's masks were already chosen (resume)
             masks.load_state_dict(torch.load(mask_path, weights_only=True))
         elif r > 0:

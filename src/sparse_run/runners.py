@@ -87,13 +87,14 @@ def matched_width(run: "Run", nnz: int) -> tuple[float, int]:
 
     def count(w: float) -> int:
         cfg = OmegaConf.merge(run.cfg.model, {"width": w})
-        return sum(q.numel() for q in models.ARCHS[cfg.arch](cfg, spec).parameters())
+        with torch.device("meta"):  # shapes only: no memory, no draw from the global RNG
+            return sum(q.numel() for q in models.ARCHS[cfg.arch](cfg, spec).parameters())
 
     lo, hi = 1e-4, max(1.0, float(run.cfg.model.get("width", 1.0)))
     for _ in range(40):  # smallest width with count >= nnz
         mid = (lo + hi) / 2
         lo, hi = (lo, mid) if count(mid) >= nnz else (mid, hi)
-    return round(hi, 6), count(hi)
+    return hi, count(hi)  # not rounded: hidden sizes round(h × w) jump at .5 boundaries
 
 
 def small_dense_arm(run: "Run", r: int, density: float, nnz: int) -> None:
