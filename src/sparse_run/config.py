@@ -17,9 +17,9 @@ from .sparsity import CRITERIA, SCOPES
 from .train import LR_SCHEDULES, OPTIMIZERS
 from .validate import ConfigError, choice, number
 
-SCHEDULE_KINDS = ("none", "iterative")
+SCHEDULE_KINDS = ("none", "iterative", "oneshot", "at_init", "gradual")
 REWINDS = ("init", "step", "none")
-CONTROL_VARIANTS = ("reinit",)
+CONTROL_VARIANTS = ("reinit", "random", "small_dense")
 PATTERNS = ("unstructured",)
 DEVICES = ("cpu", "cuda", "auto")
 
@@ -69,6 +69,79 @@ def validate(cfg: DictConfig) -> None:
         if b.train_subset:
             available = min(available, int(b.train_subset))
         number(t.batch_size, "train.batch_size", lo=1, hi=available, integer=True)
+    validate_method(cfg)
+
+
+# controls each schedule kind can run, and criteria the iterative runner can score with (no data there)
+KIND_CONTROLS = {"none": (), "iterative": ("reinit", "random"), "oneshot": ("small_dense",),
+                 "at_init": ("small_dense",), "gradual": ("small_dense",)}
+ITERATIVE_CRITERIA = ("magnitude", "random")
+ITERATIVE_SCOPES = ("layerwise", "global")
+
+
+def _fractions(values: Any, field: str, *, lo: float, hi: float, lo_open: bool, hi_open: bool) -> list[float]:
+    vals = [values] if isinstance(values, (int, float)) else list(values)
+    if not vals:
+        raise ConfigError(field, "got an empty list; give at least one level")
+    for i, v in enumerate(vals):
+        number(v, f"{field}[{i}]", lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open)
+    return [float(v) for v in vals]
+
+
+def validate_method(cfg: DictConfig) -> None:
+    """The method library's fields (criteria list, schedule kinds' keys, controls) — see README "Methods"."""
+    m, s, steps = cfg.method, cfg.method.schedule, int(cfg.train.steps)
+    crits = m.get("criteria")
+    if crits is not None:
+        if s.kind not in ("at_init", "oneshot") or not list(crits):
+            raise ConfigError("method.criteria", f"got {crits!r}; a non-empty list, only with schedule.kind "
+                                                 "at_init or oneshot (use method.criterion otherwise)")
+        for i, c in enumerate(crits):
+            choice(c, f"method.criteria[{i}]", CRITERIA)
+        if len(set(crits)) != len(crits):
+            raise ConfigError("method.criteria", f"got {list(crits)}; each criterion at most once")
+    for v in m.controls.variants:
+        choice(v, f"method.controls.variants (schedule.kind={s.kind})", KIND_CONTROLS[s.kind])
+    for pattern, scale in (m.policy.get("rate_scale") or {}).items():
+        number(scale, f"method.policy.rate_scale.{pattern}", lo=0)
+    if m.get("synflow_rounds") is not None:
+        number(m.synflow_rounds, "method.synflow_rounds", lo=1, integer=True)
+    if m.get("grasp_temperature") is not None:
+        number(m.grasp_temperature, "method.grasp_temperature", lo=0, lo_open=True)
+    if s.kind == "iterative":
+        choice(m.criterion, "method.criterion (schedule.kind=iterative)", ITERATIVE_CRITERIA)
+        choice(m.selection.scope, "method.selection.scope (schedule.kind=iterative)", ITERATIVE_SCOPES)
+        rewinds = s.get("rewinds")
+        if rewinds is not None:
+            if not list(rewinds) or len(set(rewinds)) != len(rewinds):
+                raise ConfigError("method.schedule.rewinds", f"got {rewinds!r}; a non-empty list without repeats")
+            for i, r in enumerate(rewinds):
+                choice(r, f"method.schedule.rewinds[{i}]", REWINDS)
+        return
+    if s.kind == "none":
+        return
+    given = [k for k in ("densities", "sparsities") if s.get(k) is not None]
+    if s.kind == "gradual" and s.get("final_sparsity") is not None:
+        given.append("final_sparsity")
+    if len(given) != 1:
+        keys = "densities | sparsities" + (" | final_sparsity" if s.kind == "gradual" else "")
+        raise ConfigError("method.schedule", f"got {given or 'none'}; give exactly one of {keys}")
+    key = given[0]
+    if key == "densities":
+        dens = _fractions(s.densities, "method.schedule.densities", lo=0, hi=1, lo_open=True, hi_open=False)
+    else:
+        spars = _fractions(s[key], f"method.schedule.{key}", lo=0, hi=1, lo_open=False, hi_open=True)
+        dens = [1 - v for v in spars]
+    if s.kind == "oneshot":
+        number(s.finetune_steps, "method.schedule.finetune_steps", lo=1, integer=True)
+    if s.kind == "gradual":
+        s_i = number(s.initial_sparsity, "method.schedule.initial_sparsity", lo=0, hi=1, hi_open=True)
+        if any(1 - d < s_i for d in dens):
+            raise ConfigError("method.schedule.initial_sparsity",
+                              f"got {s_i}; must be <= every final sparsity ({[round(1 - d, 6) for d in dens]})")
+        t0 = number(s.start_step, "method.schedule.start_step", lo=0, hi=steps, integer=True)
+        number(s.end_step, "method.schedule.end_step", lo=t0, hi=steps, integer=True)
+        number(s.every_steps, "method.schedule.every_steps", lo=1, integer=True)
 
 
 def apply_budget(cfg: DictConfig) -> DictConfig:
@@ -87,7 +160,8 @@ def apply_budget(cfg: DictConfig) -> DictConfig:
         sched = out.method.schedule
         for key in list(sched.keys()):
             if str(key).endswith(("_step", "_steps")) and isinstance(sched[key], int):
-                sched[key] = int(round(sched[key] * scale))
+                # a non-zero step count stays >= 1 (e.g. gradual pruning's every_steps under budget=smoke)
+                sched[key] = max(1, int(round(sched[key] * scale))) if sched[key] else 0
         if b.evals:
             t.eval_every = max(1, t.steps // int(b.evals))
         t.eval_every = min(t.eval_every, t.steps)

@@ -22,8 +22,8 @@ from . import data as data_mod
 from . import hardware, logger as logger_mod, models, report, stages
 from .config import to_dict
 from .results import RunWriter, atomic_write_text
-from .sparsity import CRITERIA, MaskSet, ScoreContext, iterative_density, prunable, prune_fraction, rate_scales
-from .train import TrainResult, train
+from .sparsity import CRITERIA, MaskSet, ScoreContext, iterative_density, keep_top, prunable, prune_fraction, rate_scales
+from .train import StepHook, TrainResult, train
 
 STATE = "checkpoints/progress.pt"
 INFLIGHT = "checkpoints/inflight.pt"
@@ -39,6 +39,18 @@ def config_hash(cfg: dict[str, Any]) -> str:
     """Hash of the settings that determine results (paths, logger and display settings excluded)."""
     keep = {k: v for k, v in cfg.items() if k not in ("paths", "logger", "progress", "hydra", "cache", "threads")}
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def nnz_params(model: torch.nn.Module, masks: MaskSet) -> int:
+    """Non-zero parameters by construction: every parameter (biases included) minus the pruned ones."""
+    return sum(p.numel() for p in model.parameters()) - (masks.numel() - masks.nonzeros())
+
+
+def record_event(run: "Run", round_: int, masks: MaskSet, targets: dict[str, float] | None,
+                 total_target: float, *, method: str, variant: str, step: int = 0) -> None:
+    """Per-layer target vs achieved density at one pruning event (``layers.csv``)."""
+    run.writer.add_layers(round_, masks.report(targets), method=method, variant=variant, step=step,
+                          total_target_density=total_target, total_density=masks.density())
 
 
 @dataclass
@@ -58,14 +70,14 @@ class Run:
     def seed(self) -> int:
         return int(self.cfg.seed)
 
-    def context(self, round_: int, variant: str) -> dict[str, Any]:
+    def context(self, round_: int, variant: str, method: str | None = None) -> dict[str, Any]:
         c = self.cfg
-        return {"experiment": c.name, "method": c.method.name, "model": c.model.name, "dataset": c.dataset.name,
+        return {"experiment": c.name, "method": method or c.method.name, "model": c.model.name, "dataset": c.dataset.name,
                 "seed": self.seed, "budget": c.budget.name, "hardware": c.hardware.name,
                 "round": round_, "variant": variant}
 
-    def new_model(self, init_seed: int) -> torch.nn.Module:
-        return models.build(self.cfg.model, self.data.spec, init_seed).to(self.device)
+    def new_model(self, init_seed: int, model_cfg: Any = None) -> torch.nn.Module:
+        return models.build(model_cfg or self.cfg.model, self.data.spec, init_seed).to(self.device)
 
     def new_masks(self, model: torch.nn.Module) -> MaskSet:
         return MaskSet(prunable(model, self.cfg.method.policy))
@@ -93,7 +105,9 @@ class Run:
     def train_arm(self, key: str, model: torch.nn.Module, masks: MaskSet, round_: int, variant: str, *,
                   target_density: float, start_state: dict[str, Any] | None = None,
                   capture: tuple[int, Callable[[dict[str, Any]], None]] | None = None,
-                  save_as: str | None = None, stage: str | None = None) -> TrainResult:
+                  save_as: str | None = None, stage: str | None = None,
+                  method: str | None = None, steps: int | None = None, hooks: list[StepHook] | None = None,
+                  extra: dict[str, Any] | None = None, early_stop_from: int = 0) -> TrainResult:
         """Train one arm (resuming mid-arm if a checkpoint for it exists) and record its row.
 
         ``save_as`` stores the trained weights + masks before the arm is marked done, so a kill at
@@ -101,9 +115,13 @@ class Run:
         finished one with all its artefacts. ``stage`` names a shareable stage (``"dense"``): its
         result is cached under ``<results_dir>/.cache/`` keyed by the config that determines it,
         so other runs and sweep jobs reuse it instead of training it again.
+        ``method`` names the row when one run compares several methods; ``steps`` overrides
+        ``train.steps`` (fine-tuning); ``hooks`` run after every optimizer step (gradual pruning);
+        ``extra`` adds columns to the row; ``early_stop_from`` restricts the early-stop search to
+        evaluations at or after that step (gradual pruning: once the masks are final).
         """
         t = self.cfg.train
-        ctx = self.context(round_, variant)
+        ctx = self.context(round_, variant, method)
         inflight = self.dir / INFLIGHT
         resume = start_state
         if inflight.exists():
@@ -114,21 +132,27 @@ class Run:
         def checkpoint(state: dict[str, Any]) -> None:
             self.writer.save(INFLIGHT, {"arm": key, "state": state})
 
+        n_steps = int(t.steps if steps is None else steps)
+
         def fit(cap: Any = capture) -> TrainResult:
-            return train(model, masks, self.data, t, steps=int(t.steps), eval_every=int(t.eval_every),
+            return train(model, masks, self.data, t, steps=n_steps, eval_every=min(int(t.eval_every), n_steps),
                          seed=self.seed, desc=f"round {round_} {variant}", checkpoint=checkpoint, resume=resume,
-                         on_eval=lambda rec: self.log.log_eval(rec, ctx), capture=cap)
+                         on_eval=lambda rec: self.log.log_eval(rec, ctx), capture=cap, hooks=hooks)
 
         if stage and self.cfg.get("cache", True):
             result = stages.cached(self, stage, model, masks, fit, capture)
         else:
             result = fit()
         masks.check()  # pruned weights are exactly zero after the last optimizer step
+        if early_stop_from:
+            best = min((h for h in result.history if h["step"] >= early_stop_from), key=lambda h: h["val_loss"],
+                       default=result.history[-1])
+            result.early_stop_step, result.test_acc_at_early_stop = int(best["step"]), best["test_acc"]
         row = {**ctx, "target_density": target_density, "density": masks.density(), "nonzeros": masks.nonzeros(),
                "prunable": masks.numel(), "test_acc": result.final_test_acc,
                "early_stop_step": result.early_stop_step, "test_acc_at_early_stop": result.test_acc_at_early_stop,
                "val_acc": result.final_val_acc, "steps": result.steps, "wall_s": round(result.wall_s, 3),
-               "status": "ok"}
+               "status": "ok", "nnz_params": nnz_params(model, masks), **(extra or {})}
         if save_as:
             self.writer.save(save_as, {"model": model.state_dict(), "masks": masks.state_dict()})
         self.writer.add(row, result.history, ctx)
@@ -148,14 +172,41 @@ def run_dense(run: Run) -> None:
     model = run.new_model(run.seed)
     masks = run.new_masks(model)
     if "r0/dense" not in run.done:
+        record_event(run, 0, masks, {n: 1.0 for n in masks.names()}, 1.0, method=run.cfg.method.name,
+                     variant="dense")
         run.train_arm("r0/dense", model, masks, 0, "dense", target_density=1.0, save_as="checkpoints/final.pt",
                       stage="dense")
 
 
+REWIND_LABELS = {"init": "lth", "step": "ltr", "none": "finetune"}
+
+
 def run_iterative(run: Run) -> None:
-    """Iterative pruning (LTH / LTR / Han fine-tuning) with controls at chosen rounds."""
+    """Iterative pruning (LTH / LTR / Han fine-tuning) with controls at chosen rounds.
+
+    ``schedule.rewinds`` (a list) runs one pruning chain per rewind in the same run, sharing the
+    dense round 0; their rows are named ``lth`` / ``ltr`` / ``finetune`` in the ``method`` column.
+    """
+    sched = run.cfg.method.schedule
+    rewinds = list(sched.get("rewinds") or [sched.rewind])
+    for rewind in rewinds:
+        _iterative_chain(run, rewind, REWIND_LABELS[rewind] if len(rewinds) > 1 else None,
+                         capture_round0="step" in rewinds)
+    last = REWIND_LABELS[rewinds[-1]] + "/" if len(rewinds) > 1 else ""
+    final = torch.load(run.dir / f"checkpoints/{last}round_{int(sched.rounds):02d}.pt", weights_only=True)
+    run.writer.save("checkpoints/final.pt", final)
+
+
+def _iterative_chain(run: Run, rewind: str, label: str | None, capture_round0: bool) -> None:
+    """One chain of IMP rounds; ``label`` prefixes its keys and files when a run holds several."""
     cfg = run.cfg
     sched, method = cfg.method.schedule, cfg.method
+    name = label or method.name
+    pre = f"{label}/" if label else ""
+
+    def path(kind: str, r: int) -> Path:  # round 0 (dense) is shared by every chain
+        return run.dir / f"{kind}/{pre if r else ''}round_{r:02d}.pt"
+
     model = run.new_model(run.seed)
     theta0 = {k: v.clone() for k, v in model.state_dict().items()}
     masks = run.new_masks(model)
@@ -171,72 +222,78 @@ def run_iterative(run: Run) -> None:
     def capture(state: dict[str, Any]) -> None:
         run.writer.save("checkpoints/rewind.pt", state)
 
-    def load_masks(r: int) -> dict[str, torch.Tensor]:
-        return torch.load(run.dir / f"masks/round_{r:02d}.pt", weights_only=True)
-
     for r in range(rounds + 1):
-        mask_path = run.dir / f"masks/round_{r:02d}.pt"
-        trained_path = run.dir / f"checkpoints/round_{r:02d}.pt"
-        key = f"r{r}/{'dense' if r == 0 else 'ticket'}"
+        mask_path, trained_path = path("masks", r), path("checkpoints", r)
+        key = "r0/dense" if r == 0 else f"{pre}r{r}/ticket"
+        target = iterative_density(sizes, rates, r) if method.selection.scope == "layerwise" \
+            else (1.0 - float(sched.rate)) ** r  # global: one rate over all survivors, layer scales unused
         if mask_path.exists():  # this round's masks were already chosen (resume)
-            masks.load_state_dict(load_masks(r))
+            masks.load_state_dict(torch.load(mask_path, weights_only=True))
         elif r > 0:
-            prev = torch.load(run.dir / f"checkpoints/round_{r - 1:02d}.pt", weights_only=True)
+            prev = torch.load(path("checkpoints", r - 1), weights_only=True)
             model.load_state_dict(prev["model"])
             masks.load_state_dict(prev["masks"])
             gen = torch.Generator().manual_seed(derive_seed(run.seed, "scores", r))
             scores = score(ScoreContext(model=model, masks=masks, generator=gen))
             masks.set(prune_fraction(scores, masks, float(sched.rate), scales, method.selection.scope))
-            run.writer.save(f"masks/round_{r:02d}.pt", masks.state_dict())
+            run.writer.save(mask_path.relative_to(run.dir).as_posix(), masks.state_dict())
         else:
             run.writer.save("masks/round_00.pt", masks.state_dict())
-        # per-layer report of this pruning event: requested vs achieved (idempotent on resume)
+        # per-layer report of this pruning event: requested vs achieved (recomputed on resume, idempotent)
         if r == 0:
-            targets = {n: 1.0 for n in names}
-        elif method.selection.scope == "layerwise":
-            before = {n: int(m.sum()) for n, m in load_masks(r - 1).items()}
-            targets = {n: (before[n] - round(before[n] * rates[n])) / sizes[n] for n in names}
+            record_event(run, 0, masks, {n: 1.0 for n in names}, 1.0, method=name, variant="dense")
         else:
-            targets = {}
-        run.writer.add_layers(r, masks.report(targets))
-        target = iterative_density(sizes, rates, r)
+            targets = None
+            if method.selection.scope == "layerwise":
+                before = {n: int(m.sum()) for n, m in torch.load(path("masks", r - 1), weights_only=True).items()}
+                targets = {n: (before[n] - round(before[n] * rates[n])) / sizes[n] for n in names}
+            record_event(run, r, masks, targets, target, method=name, variant="ticket")
 
         if key not in run.done:
             start_state = None
-            if r == 0:
+            if r == 0 or rewind == "init":
                 model.load_state_dict(theta0)
-            elif sched.rewind == "init":
-                model.load_state_dict(theta0)
-            elif sched.rewind == "step":
+            elif rewind == "step":
                 start_state = torch.load(rewind_path, weights_only=False)
                 start_state = {**start_state, "masks": masks.state_dict(), "history": []}
             # rewind == "none": keep the trained weights of the previous round (fine-tuning)
             masks.apply_()
-            cap = (int(sched.rewind_step), capture) if (r == 0 and sched.rewind == "step") else None
+            cap = (int(sched.rewind_step), capture) if (r == 0 and capture_round0) else None
             run.train_arm(key, model, masks, r, "dense" if r == 0 else "ticket", target_density=target,
-                          start_state=start_state, capture=cap, save_as=f"checkpoints/round_{r:02d}.pt",
-                          stage="dense" if r == 0 else None)
+                          start_state=start_state, capture=cap, method=method.name if r == 0 else name,
+                          save_as=trained_path.relative_to(run.dir).as_posix(), stage="dense" if r == 0 else None)
         elif not trained_path.exists():
             raise RuntimeError(f"inconsistent run state: {key} done but {trained_path} missing")
 
         if r in control_rounds and r > 0:
             for variant in method.controls.variants:
-                ckey = f"r{r}/{variant}"
+                ckey = f"r{r}/random" if variant == "random" else f"{pre}r{r}/{variant}"
                 if ckey in run.done:
+                    continue
+                if variant == "random":  # random mask with the ticket's per-layer counts, trained from θ0
+                    control = run.new_model(run.seed)
+                    cmasks = run.new_masks(control)
+                    rgen = torch.Generator().manual_seed(derive_seed(run.seed, "random", r))
+                    cmasks.set({n: keep_top(torch.rand(m.shape, generator=rgen), int(m.sum()))
+                                for n, m in masks.masks.items()})
+                    record_event(run, r, cmasks, {n: float(m.float().mean()) for n, m in masks.masks.items()},
+                                 target, method="random", variant="sparse")
+                    run.train_arm(ckey, control, cmasks, r, "sparse", target_density=target, method="random")
                     continue
                 control = run.new_model(derive_seed(run.seed, variant, r))
                 cmasks = run.new_masks(control)
                 cmasks.set(masks.clone_masks())
-                run.train_arm(ckey, control, cmasks, r, variant, target_density=target)
-
-    final = torch.load(run.dir / f"checkpoints/round_{rounds:02d}.pt", weights_only=True)
-    run.writer.save("checkpoints/final.pt", final)
+                run.train_arm(ckey, control, cmasks, r, variant, target_density=target, method=name)
 
 
 RUNNERS: dict[str, Callable[[Run], None]] = {
     "none": run_dense,
     "iterative": run_iterative,
 }
+
+from .runners import RUNNERS as _MULTI_LEVEL  # noqa: E402  (one-shot, at-init, gradual; needs Run above)
+
+RUNNERS.update(_MULTI_LEVEL)
 
 
 # ---------------------------------------------------------------------------------------------

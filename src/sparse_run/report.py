@@ -128,6 +128,56 @@ def save_figure(fig: plt.Figure, out: Path, meta: dict[str, Any]) -> Path:
     return out
 
 
+def _series(row: pd.Series) -> str:
+    """Line label of a row in a method comparison: the method, plus the variant for controls."""
+    if row.variant == "small_dense":
+        return "small dense (matched NNZ)"
+    return row.method if row.variant in ("sparse", "ticket") else f"{row.method} {row.variant}"
+
+
+def compares_methods(df: pd.DataFrame) -> bool:
+    """True for runs holding several methods or non-IMP arms (one-shot, at-init, gradual, small-dense)."""
+    return df[df.variant != "dense"].method.nunique() > 1 or bool(set(df.variant) & {"sparse", "small_dense"})
+
+
+def method_comparison(df: pd.DataFrame, out: Path, title: str) -> Path:
+    """Final test accuracy and test accuracy at early stop vs % weights remaining, one line per method.
+
+    x is the achieved density of the prunable weights (for small-dense rows, the matched level's
+    density); means over seeds with a ±1 std band; dense baseline as a horizontal line and band.
+    """
+    df = df.assign(x=df.density.where(df.variant != "small_dense", df.target_density) * 100,
+                   series=df.apply(_series, axis=1))
+    arms, dense = df[df.variant != "dense"], df[df.variant == "dense"]
+    names = list(dict.fromkeys(arms.series))
+    colors = plt.get_cmap("tab10")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharey=True)
+    for ax, col, label in ((axes[0], "test_acc", "final test accuracy (%)"),
+                           (axes[1], "test_acc_at_early_stop", "test accuracy at early stop (%)")):
+        if len(dense):
+            mu, sd = dense[col].mean() * 100, (dense[col].std(ddof=0) if len(dense) > 1 else 0.0) * 100
+            ax.axhline(mu, color="black", lw=1.2, ls="--", label=f"dense (n={len(dense)})")
+            ax.axhspan(mu - max(sd, 0.05), mu + max(sd, 0.05), color="black", alpha=0.08)
+        for i, name in enumerate(names):
+            sub = arms[arms.series == name]
+            g = sub.groupby("round").agg(x=("x", "mean"), mu=(col, "mean"), sd=(col, lambda v: v.std(ddof=0)),
+                                         n=(col, "size")).sort_values("x", ascending=False)
+            marker = "D" if name.startswith("small dense") else "o"
+            ax.plot(g.x, g.mu * 100, color=colors(i % 10), marker=marker, ms=4, label=f"{name} (n={int(g.n.max())})")
+            ax.fill_between(g.x, (g.mu - g.sd.fillna(0)) * 100, (g.mu + g.sd.fillna(0)) * 100,
+                            color=colors(i % 10), alpha=0.15)
+        _pct_axis(ax, df.x.tolist())
+        ax.set_ylabel(label)
+        ax.tick_params(labelleft=True)
+    axes[0].legend(fontsize=8, loc="lower left")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
 def run_figures(run_dir: Path) -> list[Path]:
     """The figures of one run, written to ``<run_dir>/figures/``."""
     df = read_summary(Path(run_dir) / "summary.csv")
@@ -136,7 +186,11 @@ def run_figures(run_dir: Path) -> list[Path]:
     first = df.iloc[0]
     title = (f"{first.experiment}: {first.model} on {first.dataset}, method {first.method}, "
              f"budget {first.budget}, seeds {sorted(df.seed.unique().tolist())}")
-    return [accuracy_vs_density(df, Path(run_dir) / "figures" / "accuracy_vs_density.png", title)]
+    out = Path(run_dir) / "figures" / "accuracy_vs_density.png"
+    if compares_methods(df):
+        return [method_comparison(df, out, title.replace(f"method {first.method}",
+                                                         f"methods {', '.join(dict.fromkeys(df[df.variant != 'dense'].method))}"))]
+    return [accuracy_vs_density(df, out, title)]
 
 
 def console_table(df: pd.DataFrame) -> str:

@@ -89,12 +89,15 @@ class RunWriter:
         self.metrics.extend({**context, **rec} for rec in history)
         self.flush()
 
-    def add_layers(self, round_: int, report: Iterable[Any]) -> None:
-        """Per-layer sparsity of one pruning event (replaces an earlier record of the same round)."""
-        self.layers = [row for row in self.layers if row["round"] != round_]
+    def add_layers(self, round_: int, report: Iterable[Any], **extra: Any) -> None:
+        """One row per layer of one pruning event; ``extra`` (method, variant, step, totals) is
+        repeated on each row. Recording the same event again (a resumed run) replaces it."""
+        key = (round_, extra.get("method"), extra.get("variant"), extra.get("step"))
+        self.layers = [row for row in self.layers
+                       if (row["round"], row.get("method"), row.get("variant"), row.get("step")) != key]
         for lr in report:
             self.layers.append({"round": round_, "layer": lr.name, "numel": lr.numel, "nonzeros": lr.nonzeros,
-                                "target_density": lr.target_density, "density": lr.density})
+                                "target_density": lr.target_density, "density": lr.density, **extra})
 
     def flush(self) -> None:
         atomic_write_text(self.dir / "summary.csv", rows_to_csv(self.rows, SUMMARY_COLUMNS))

@@ -5,8 +5,8 @@ A paper's method is a config (``conf/method/*.yaml``) naming one of each; see RE
 from .criteria import CRITERIA, ScoreContext
 from .masks import MaskSet
 from .policy import prunable, rate_scales
-from .selection import SCOPES, keep_global, keep_top, prune_fraction
-from .schedules import iterative_density
+from .selection import PATTERNS, SCOPES, keep_global, keep_top, prune_fraction, select
+from .schedules import cubic_sparsity, gradual_events, iterative_density, levels
 
-__all__ = ["CRITERIA", "ScoreContext", "MaskSet", "prunable", "rate_scales", "SCOPES", "keep_global",
-           "keep_top", "prune_fraction", "iterative_density"]
+__all__ = ["CRITERIA", "ScoreContext", "MaskSet", "prunable", "rate_scales", "PATTERNS", "SCOPES", "keep_global",
+           "keep_top", "prune_fraction", "select", "cubic_sparsity", "gradual_events", "iterative_density", "levels"]

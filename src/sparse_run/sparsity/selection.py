@@ -1,8 +1,14 @@
 """Selection: turn scores into masks with exact counts.
 
-Scope decides how many weights each layer keeps (``layerwise``: each layer its own fraction;
-``global``: one threshold over all layers). Pruned weights score -inf so a selection never
-revives them, and ties are broken by position (stable sort), so masks are deterministic.
+Scope decides how many weights each layer keeps: ``layerwise`` (every layer the same fraction,
+or the policy's per-layer rate scales, still meeting the total), ``global`` (one threshold over
+all layers) or ``erk`` (Erdős–Rényi-kernel: layer density ∝ Σ shape / Π shape, dense layers
+capped at 1 and the excess redistributed). Pattern decides the shape of what is pruned; only
+``unstructured`` exists here (block / channel / N:M patterns plug in through ``pattern``).
+
+Pruned weights score -inf so a selection never revives them, and ties are broken by position
+(stable sort), so masks are deterministic. Counts are integers whose total is exactly
+``round(density × numel)`` (when that many weights are still alive).
 """
 from __future__ import annotations
 
@@ -10,9 +16,11 @@ import math
 
 import torch
 
+from ..validate import choice
 from .masks import MaskSet
 
-SCOPES = ("layerwise", "global")
+SCOPES = ("layerwise", "global", "erk")
+PATTERNS = ("unstructured",)
 
 
 def keep_top(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -25,16 +33,15 @@ def keep_top(scores: torch.Tensor, k: int) -> torch.Tensor:
     return mask.view_as(scores)
 
 
-def _masked(scores: dict[str, torch.Tensor], masks: MaskSet) -> dict[str, torch.Tensor]:
-    return {n: torch.where(masks.masks[n], scores[n].float(), torch.tensor(-math.inf, device=scores[n].device))
-            for n in masks.names()}
+def _masked(scores: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {n: scores[n].double().masked_fill(~masks[n], -math.inf) for n in masks}
 
 
 def prune_fraction(scores: dict[str, torch.Tensor], masks: MaskSet, rate: float,
                    scales: dict[str, float], scope: str) -> dict[str, torch.Tensor]:
     """Remove ``rate × scale`` of each layer's *surviving* weights (layerwise), or ``rate`` of all
-    surviving weights under one threshold (global). Returns the new masks."""
-    s = _masked(scores, masks)
+    surviving weights under one threshold (global). Returns the new masks (iterative pruning)."""
+    s = _masked(scores, masks.masks)
     alive = {n: int(m.sum()) for n, m in masks.masks.items()}
     if scope == "layerwise":
         return {n: keep_top(s[n], alive[n] - round(alive[n] * rate * scales[n])) for n in s}
@@ -53,3 +60,88 @@ def keep_global(scores: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tens
         out[n] = kept[i:i + numel].view_as(scores[n])
         i += numel
     return out
+
+
+# -- how many weights each layer keeps ------------------------------------------------------
+
+def water_fill(sizes: dict[str, int], weights: dict[str, float], total: float) -> dict[str, float]:
+    """Real amounts ∝ ``weights`` summing to ``total``, each capped at its size; the excess of a
+    capped layer is redistributed over the others (ERK's "dense layers at density 1")."""
+    capped: set[str] = set()
+    while True:
+        free = [n for n in sizes if n not in capped]
+        left = total - sum(sizes[n] for n in capped)
+        wsum = sum(weights[n] for n in free)
+        if left <= 0 or wsum <= 0:
+            if left > 1e-9:
+                raise ValueError(f"cannot place {total} weights: layers with non-zero weight are full")
+            return {n: float(sizes[n]) if n in capped else 0.0 for n in sizes}
+        eps = left / wsum
+        over = {n for n in free if eps * weights[n] > sizes[n]}
+        if not over:
+            return {n: float(sizes[n]) if n in capped else eps * weights[n] for n in sizes}
+        capped |= over
+
+
+def integer_counts(real: dict[str, float], total: int, room: dict[str, int]) -> dict[str, int]:
+    """Largest-remainder rounding of ``real`` to integers summing exactly to ``total``, never above
+    ``room`` (the weights still alive); ties go to the earlier layer."""
+    floor = {n: math.floor(v + 1e-9) for n, v in real.items()}
+    counts = {n: min(room[n], floor[n]) for n in real}
+    left = total - sum(counts.values())
+    for n in sorted(real, key=lambda n: floor[n] - real[n]):  # largest remainder first (stable)
+        if left > 0 and counts[n] < room[n] and real[n] - floor[n] > 1e-9:
+            counts[n] += 1
+            left -= 1
+    for n in sorted(real, key=lambda n: counts[n] - room[n]):  # only when alive weights cap a layer
+        add = max(0, min(left, room[n] - counts[n]))
+        counts[n] += add
+        left -= add
+    return counts
+
+
+def layer_counts(sizes: dict[str, int], shapes: dict[str, tuple[int, ...]], density: float, scope: str,
+                 scales: dict[str, float] | None = None, alive: dict[str, int] | None = None) -> dict[str, int] | None:
+    """Weights each layer keeps at overall ``density`` (None for ``global``: one threshold decides)."""
+    choice(scope, "method.selection.scope", SCOPES)
+    if scope == "global":
+        return None
+    alive = alive or dict(sizes)
+    total = sum(sizes.values())
+    keep = min(round(density * total), sum(alive.values()))
+    if scope == "erk":  # keep_l ∝ n_l · Σshape/Πshape = Σshape
+        real = water_fill(sizes, {n: float(sum(shapes[n])) for n in sizes}, keep)
+    else:  # layerwise: prune_l ∝ n_l · scale_l (uniform density when every scale is 1)
+        scales = scales or {}
+        pruned = water_fill(sizes, {n: sizes[n] * float(scales.get(n, 1.0)) for n in sizes}, total - keep)
+        real = {n: sizes[n] - pruned[n] for n in sizes}
+    return integer_counts(real, keep, alive)
+
+
+def erk_densities(shapes: dict[str, tuple[int, ...]], density: float) -> dict[str, float]:
+    """ERK per-layer densities (real-valued) meeting ``density`` over all layers."""
+    sizes = {n: math.prod(s) for n, s in shapes.items()}
+    real = water_fill(sizes, {n: float(sum(s)) for n, s in shapes.items()}, density * sum(sizes.values()))
+    return {n: real[n] / sizes[n] for n in sizes}
+
+
+def select(scores: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], density: float, *, scope: str,
+           pattern: str = "unstructured", scales: dict[str, float] | None = None) -> dict[str, torch.Tensor]:
+    """New masks keeping the highest-scoring alive weights at overall ``density`` of all weights."""
+    choice(pattern, "method.selection.pattern", PATTERNS)
+    s = _masked(scores, masks)
+    sizes = {n: m.numel() for n, m in masks.items()}
+    alive = {n: int(m.sum()) for n, m in masks.items()}
+    counts = layer_counts(sizes, {n: tuple(m.shape) for n, m in masks.items()}, density, scope, scales, alive)
+    if counts is None:
+        return keep_global(s, min(round(density * sum(sizes.values())), sum(alive.values())))
+    return {n: keep_top(s[n], counts[n]) for n in s}
+
+
+def targets(masks: dict[str, torch.Tensor], density: float, scope: str,
+            scales: dict[str, float] | None = None) -> dict[str, float] | None:
+    """Per-layer planned densities for the report (None for ``global``)."""
+    sizes = {n: m.numel() for n, m in masks.items()}
+    alive = {n: int(m.sum()) for n, m in masks.items()}
+    counts = layer_counts(sizes, {n: tuple(m.shape) for n, m in masks.items()}, density, scope, scales, alive)
+    return None if counts is None else {n: counts[n] / sizes[n] for n in sizes}
