@@ -14,14 +14,16 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .logger import KINDS as LOGGERS
 from .sparsity import CRITERIA, SCOPES
+from .sparsity.patterns import validate_method as validate_pattern
 from .train import LR_SCHEDULES, OPTIMIZERS
 from .validate import ConfigError, choice, number
 
 SCHEDULE_KINDS = ("none", "iterative")
 REWINDS = ("init", "step", "none")
 CONTROL_VARIANTS = ("reinit",)
-PATTERNS = ("unstructured",)
+PATTERNS = ("unstructured", "block", "channel")
 DEVICES = ("cpu", "cuda", "auto")
+SCHEDULE_KINDS += ("kernel_study",)  # hardware kernel study (experiment=hw_sparse_1x1): trains nothing
 
 
 def validate(cfg: DictConfig) -> None:
@@ -50,6 +52,7 @@ def validate(cfg: DictConfig) -> None:
     choice(m.criterion, "method.criterion", CRITERIA)
     choice(m.selection.scope, "method.selection.scope", SCOPES)
     choice(m.selection.pattern, "method.selection.pattern", PATTERNS)
+    validate_pattern(m)
     s = m.schedule
     choice(s.kind, "method.schedule.kind", SCHEDULE_KINDS)
     if s.kind == "iterative":

@@ -163,7 +163,8 @@ def run_iterative(run: Run) -> None:
             masks.load_state_dict(prev["masks"])
             scores = score(ScoreContext(model=model, masks=masks, generator=gen))
             before = {n: int(m.sum()) for n, m in masks.masks.items()}
-            masks.set(prune_fraction(scores, masks, float(sched.rate), scales, method.selection.scope))
+            masks.set(prune_fraction(scores, masks, float(sched.rate), scales, method.selection.scope,
+                                     method.selection))
             targets = {n: (before[n] - round(before[n] * rates[n])) / sizes[n] for n in names} \
                 if method.selection.scope == "layerwise" else None
             run.writer.add_layers(r, masks.report(targets))
@@ -208,6 +209,7 @@ def run_iterative(run: Run) -> None:
 RUNNERS: dict[str, Callable[[Run], None]] = {
     "none": run_dense,
     "iterative": run_iterative,
+    "kernel_study": hardware.kernel_study,  # hardware kernel study: times kernels, trains nothing
 }
 
 
