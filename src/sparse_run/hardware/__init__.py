@@ -117,16 +117,17 @@ def measure(run: Any) -> Path | None:
     from ..results import atomic_write_text, rows_to_csv
     from ..sparsity import MaskSet, prunable
     from .env import environment
+    from .formats import assert_pruned_zero
     from .figures import hardware_figure
     from .measure import COLUMNS, measure_model, protocol
 
     hw = cfg.hardware
     final = torch.load(run.dir / "checkpoints/final.pt", weights_only=True)
     model = run.new_model(run.seed).cpu()
+    assert_pruned_zero(final["model"], final["masks"])  # the model we time is the one that was trained
     model.load_state_dict({k: v.cpu() for k, v in final["model"].items()})
     masks = MaskSet(prunable(model, cfg.method.policy))
     masks.load_state_dict(final["masks"])
-    masks.check()  # the model we time has exactly-zero pruned weights
     threads_before = torch.get_num_threads()
     threads = hw.threads or cfg.threads or threads_before
     torch.set_num_threads(int(threads))

@@ -9,6 +9,7 @@ run dense and are reported as ``dense_fallback``.
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -102,7 +103,9 @@ def convert(model: nn.Module, masks: dict[str, torch.Tensor], execution: str, *,
             if not is_block_shaped(mask, *block):
                 status[path] = "dense_fallback: mask is not block-shaped"
                 continue
-            bsr = w.to_sparse_bsr(block)
+            with warnings.catch_warnings():  # "BSR support is in beta": known; it is what we measure
+                warnings.simplefilter("ignore", UserWarning)
+                bsr = w.to_sparse_bsr(block)
             bsr = torch.sparse_bsr_tensor(bsr.crow_indices().to(index_dtype), bsr.col_indices().to(index_dtype),
                                           bsr.values(), bsr.shape, check_invariants=False)
             set_module(out, path, SparseMatmulLayer(layer, bsr))

@@ -56,7 +56,8 @@ def csr_parts(w: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def csr_from_parts(parts: dict[str, torch.Tensor], shape: tuple[int, int]) -> torch.Tensor:
-    return torch.sparse_csr_tensor(parts["crow_indices"], parts["col_indices"], parts["values"], shape)
+    return torch.sparse_csr_tensor(parts["crow_indices"], parts["col_indices"], parts["values"], shape,
+                                   check_invariants=True)  # validates what a file claims
 
 
 # -- 2:4 -----------------------------------------------------------------------------------------
@@ -84,3 +85,12 @@ def decode_2of4(parts: dict[str, torch.Tensor], shape: tuple[int, ...]) -> torch
     g = torch.zeros(rows, vals.shape[1] // 2, 4, dtype=vals.dtype)
     g.scatter_(-1, pos.reshape(rows, -1, 2), vals.reshape(rows, -1, 2))
     return g.reshape(shape)
+
+
+def assert_pruned_zero(state: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]) -> None:
+    """Pruned entries of the *stored* weights are exactly zero (checked before any mask is re-applied,
+    which would hide a violation)."""
+    bad = {n: int((state[n][~m.bool()] != 0).sum()) for n, m in masks.items()}
+    bad = {n: c for n, c in bad.items() if c}
+    if bad:
+        raise AssertionError(f"pruned weights are not zero in the checkpoint: {bad}")

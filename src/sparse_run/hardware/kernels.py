@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 from typing import Any
 
 import numpy as np
@@ -60,7 +61,9 @@ def _sparse(w: torch.Tensor, pattern: str, backend: str, index_dtype: torch.dtyp
     blk = parse_pattern(pattern)
     if blk is None or blk[0] != blk[1]:
         return "skipped: torch CPU BSR (MKL) runs square blocks only"
-    bsr = w.to_sparse_bsr(blk)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        bsr = w.to_sparse_bsr(blk)
     return torch.sparse_bsr_tensor(bsr.crow_indices().to(index_dtype), bsr.col_indices().to(index_dtype),
                                    bsr.values(), bsr.shape, check_invariants=False)
 

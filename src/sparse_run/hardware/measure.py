@@ -184,23 +184,20 @@ def _layer_rows(dense: nn.Module, tgt: Target, paths: list[str], per_layer: dict
         row = {**base, "scope": "layer", "layer": p, "batch": b, "macs_dense": md * b, "macs_sparse": ms * b,
                "speedup_ideal": md / max(ms, 1), **info, "weight_bytes_target": tbytes[p]}
         status = tgt.status.get(p, "ok")
+        if not tgt.available:  # nothing to time on this machine; ideal speedup and bytes still hold
+            rows.append({**row, "verdict": "not available", "status": "not_available", "note": status})
+            continue
         layer = dense.get_submodule(p)
         chan = _channel_equivalent(layer, info["density"]).to(device=x.device, dtype=x.dtype)
         xi = d_in[p]
-        fns = {"dense": lambda: layer(xi), "channel": lambda: chan(xi)}
-        if tgt.available:
-            tl, ti = tgt.model.get_submodule(p), t_in[p]
-            fns["target"] = lambda: tl(ti)
-        t = time_rounds(fns, proto, sync)
+        tl, ti = tgt.model.get_submodule(p), t_in[p]
+        t = time_rounds({"dense": lambda: layer(xi), "channel": lambda: chan(xi), "target": lambda: tl(ti)}, proto, sync)
         ch = speedup(t["dense"], t["channel"], proto)
         row.update(speedup_channel_equiv=ch.median, t_dense_ms=1e3 * float(np.median(t["dense"])),
                    t_chan_ms=1e3 * float(np.median(t["channel"])))
-        if tgt.available:
-            sp = speedup(t["dense"], t["target"], proto)
-            row.update(t_target_ms=1e3 * float(np.median(t["target"])), speedup=sp.median, speedup_lo=sp.lo,
-                       speedup_hi=sp.hi, verdict=sp.verdict, status="ok" if status.startswith("ok") else "dense_fallback",
-                       note="" if status == "ok" else status)
-        else:
-            row.update(verdict="not available", status="not_available", note=status)
+        sp = speedup(t["dense"], t["target"], proto)
+        row.update(t_target_ms=1e3 * float(np.median(t["target"])), speedup=sp.median, speedup_lo=sp.lo,
+                   speedup_hi=sp.hi, verdict=sp.verdict, status="ok" if status.startswith("ok") else "dense_fallback",
+                   note="" if status == "ok" else status)
         rows.append(row)
     return rows
