@@ -1,6 +1,10 @@
 """The timing protocol: same process, warm-ups, contenders timed in alternating shuffled rounds,
 median of the per-round speedups with a bootstrap interval, and a verdict read off the interval.
 
+A round's sample of one contender is the fastest of the back-to-back calls that fill
+``min_time_s`` (``sample="mean"`` for their mean): on a shared machine, preemption only ever
+adds time, so the minimum is the least contaminated estimate of what the kernel costs.
+
 Timings on shared machines drift by up to 2× between identical runs; pairing each sparse sample
 with a dense one taken moments before or after it cancels most of that drift, and shuffling the
 order within a round removes any systematic first/second advantage (cache, frequency).
@@ -26,6 +30,7 @@ class Protocol:
     warmup: int = 3          # untimed calls of every contender before timing
     rounds: int = 15         # timed rounds; each times every contender once, in shuffled order
     min_time_s: float = 0.005  # each sample repeats the call until it lasts at least this long
+    sample: str = "min"      # a sample's value: min (fastest call; preemption only adds time) | mean
     bootstrap: int = 2000    # bootstrap resamples of the per-round ratios
     ci: float = 0.95
     seed: int = 0
@@ -55,12 +60,14 @@ def time_rounds(fns: dict[str, Callable[[], object]], proto: Protocol,
             for i in rng.permutation(len(keys)):
                 k = keys[i]
                 fn, n = fns[k], calls[k]
-                sync()
-                t0 = time.perf_counter()
+                calls_s = []
                 for _ in range(n):
+                    sync()
+                    t0 = time.perf_counter()
                     fn()
-                sync()
-                out[k].append((time.perf_counter() - t0) / n)
+                    sync()
+                    calls_s.append(time.perf_counter() - t0)
+                out[k].append(min(calls_s) if proto.sample == "min" else sum(calls_s) / n)
     return {k: np.asarray(v) for k, v in out.items()}
 
 
