@@ -312,3 +312,9 @@ def test_breakeven_interpolates_the_crossing():
     assert be.breakeven_sparsity == pytest.approx(0.72) and be.first_faster_sparsity == 0.9
     never = breakeven(df.assign(speedup=[0.1, 0.2, 0.3])).iloc[0]
     assert math.isnan(never.breakeven_sparsity) and "never" in never.note
+
+
+def test_submodules_do_not_shadow_the_entry_points():
+    import sparse_run.hardware.measurement  # noqa: F401  (a submodule named `measure` once replaced the function)
+
+    assert callable(hardware.measure) and callable(hardware.check) and callable(hardware.kernel_study)

@@ -10,7 +10,7 @@ import torch
 
 from conftest import run_cli
 from sparse_run import export as export_mod
-from sparse_run.hardware.measure import COLUMNS
+from sparse_run.hardware.measurement import COLUMNS
 from sparse_run.hardware.timing import VERDICTS
 
 FAST = ["method.schedule.rounds=1", "method.controls.variants=[]", "hardware.batch_sizes=[1,64]", "threads=1"]

@@ -119,7 +119,7 @@ def measure(run: Any) -> Path | None:
     from .env import environment
     from .formats import assert_pruned_zero
     from .figures import hardware_figure
-    from .measure import COLUMNS, measure_model, protocol
+    from .measurement import COLUMNS, measure_model, protocol
 
     hw = cfg.hardware
     final = torch.load(run.dir / "checkpoints/final.pt", weights_only=True)
