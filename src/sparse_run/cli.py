@@ -56,10 +56,12 @@ def prevalidate(args: list[str]) -> None:
     overrides = [a for a in args if not a.startswith("-")]
     with initialize_config_module(version_base="1.3", config_module=CONF_MODULE):
         cfg = compose(config_name="config", overrides=overrides)
-    effective(cfg)
     from . import data, hardware
+    from .config import validate
 
-    hardware.check(cfg)
+    eff = effective(cfg)
+    hardware.check(eff)  # may switch the method's pattern to what the target runs (announced)
+    validate(eff)
     data._root(cfg.dataset, cfg.paths.data_dir)
 
 
@@ -84,8 +86,11 @@ def task(cfg: DictConfig) -> None:
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
     try:
+        from .config import validate
+
         eff = effective(cfg)
         hardware.check(eff)
+        validate(eff)
         execute(eff, run_dir)
     except (ConfigError, Diverged) as e:
         _mark_failed(run_dir, e)

@@ -14,14 +14,17 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .logger import KINDS as LOGGERS
 from .sparsity import CRITERIA, SCOPES
+from .sparsity.patterns import PATTERNS
+from .sparsity.patterns import validate_method as validate_pattern
+from .sparsity.selection import PATTERNS as MULTI_LEVEL_PATTERNS
 from .train import LR_SCHEDULES, OPTIMIZERS
 from .validate import ConfigError, choice, number
 
 SCHEDULE_KINDS = ("none", "iterative", "oneshot", "at_init", "gradual")
 REWINDS = ("init", "step", "none")
-CONTROL_VARIANTS = ("reinit", "random", "small_dense")
-PATTERNS = ("unstructured",)
 DEVICES = ("cpu", "cuda", "auto")
+CONTROL_VARIANTS = ("reinit", "random", "small_dense")
+SCHEDULE_KINDS += ("kernel_study",)  # hardware kernel study (experiment=hw_sparse_1x1): trains nothing
 
 
 def validate(cfg: DictConfig) -> None:
@@ -50,6 +53,7 @@ def validate(cfg: DictConfig) -> None:
     choice(m.criterion, "method.criterion", CRITERIA)
     choice(m.selection.scope, "method.selection.scope", SCOPES)
     choice(m.selection.pattern, "method.selection.pattern", PATTERNS)
+    validate_pattern(m)
     s = m.schedule
     choice(s.kind, "method.schedule.kind", SCHEDULE_KINDS)
     if s.kind == "iterative":
@@ -74,7 +78,7 @@ def validate(cfg: DictConfig) -> None:
 
 # controls each schedule kind can run, and criteria the iterative runner can score with (no data there)
 KIND_CONTROLS = {"none": (), "iterative": ("reinit", "random"), "oneshot": ("small_dense",),
-                 "at_init": ("small_dense",), "gradual": ("small_dense",)}
+                 "at_init": ("small_dense",), "gradual": ("small_dense",), "kernel_study": ()}
 ITERATIVE_CRITERIA = ("magnitude", "random")
 ITERATIVE_SCOPES = ("layerwise", "global")
 
@@ -118,8 +122,9 @@ def validate_method(cfg: DictConfig) -> None:
             for i, r in enumerate(rewinds):
                 choice(r, f"method.schedule.rewinds[{i}]", REWINDS)
         return
-    if s.kind == "none":
+    if s.kind in ("none", "kernel_study"):
         return
+    choice(m.selection.pattern, f"method.selection.pattern (schedule.kind={s.kind})", MULTI_LEVEL_PATTERNS)
     given = [k for k in ("densities", "sparsities") if s.get(k) is not None]
     if s.kind == "gradual" and s.get("final_sparsity") is not None:
         given.append("final_sparsity")

@@ -235,7 +235,8 @@ def _iterative_chain(run: Run, rewind: str, label: str | None, capture_round0: b
             masks.load_state_dict(prev["masks"])
             gen = torch.Generator().manual_seed(derive_seed(run.seed, "scores", r))
             scores = score(ScoreContext(model=model, masks=masks, generator=gen))
-            masks.set(prune_fraction(scores, masks, float(sched.rate), scales, method.selection.scope))
+            masks.set(prune_fraction(scores, masks, float(sched.rate), scales, method.selection.scope,
+                                     method.selection))
             run.writer.save(mask_path.relative_to(run.dir).as_posix(), masks.state_dict())
         else:
             run.writer.save("masks/round_00.pt", masks.state_dict())
@@ -289,6 +290,7 @@ def _iterative_chain(run: Run, rewind: str, label: str | None, capture_round0: b
 RUNNERS: dict[str, Callable[[Run], None]] = {
     "none": run_dense,
     "iterative": run_iterative,
+    "kernel_study": hardware.kernel_study,  # hardware kernel study: times kernels, trains nothing
 }
 
 from .runners import RUNNERS as _MULTI_LEVEL  # noqa: E402  (one-shot, at-init, gradual; needs Run above)

@@ -128,7 +128,7 @@ def save_figure(fig: plt.Figure, out: Path, meta: dict[str, Any]) -> Path:
     return out
 
 
-def _series(row: pd.Series) -> str:
+def _series_label(row: pd.Series) -> str:
     """Line label of a row in a method comparison: the method, plus the variant for controls."""
     if row.variant == "small_dense":
         return "small dense (matched NNZ)"
@@ -147,7 +147,7 @@ def method_comparison(df: pd.DataFrame, out: Path, title: str) -> Path:
     density); means over seeds with a ±1 std band; dense baseline as a horizontal line and band.
     """
     df = df.assign(x=df.density.where(df.variant != "small_dense", df.target_density) * 100,
-                   series=df.apply(_series, axis=1))
+                   series=df.apply(_series_label, axis=1))
     arms, dense = df[df.variant != "dense"], df[df.variant == "dense"]
     names = list(dict.fromkeys(arms.series))
     colors = plt.get_cmap("tab10")
@@ -160,7 +160,7 @@ def method_comparison(df: pd.DataFrame, out: Path, title: str) -> Path:
             ax.axhspan(mu - max(sd, 0.05), mu + max(sd, 0.05), color="black", alpha=0.08)
         for i, name in enumerate(names):
             sub = arms[arms.series == name]
-            g = sub.groupby("round").agg(x=("x", "mean"), mu=(col, "mean"), sd=(col, lambda v: v.std(ddof=0)),
+            g = sub.assign(level=sub.target_density.round(6)).groupby("level").agg(x=("x", "mean"), mu=(col, "mean"), sd=(col, lambda v: v.std(ddof=0)),
                                          n=(col, "size")).sort_values("x", ascending=False)
             marker = "D" if name.startswith("small dense") else "o"
             ax.plot(g.x, g.mu * 100, color=colors(i % 10), marker=marker, ms=4, label=f"{name} (n={int(g.n.max())})")
@@ -172,10 +172,7 @@ def method_comparison(df: pd.DataFrame, out: Path, title: str) -> Path:
     axes[0].legend(fontsize=8, loc="lower left")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, {"title": title, **_provenance(df)})
 
 
 def run_figures(run_dir: Path) -> list[Path]:
@@ -315,7 +312,8 @@ def report_figures(ok: pd.DataFrame, out: Path) -> list[Path]:
             continue
         title = (f"{exp} (budget {budget}): {', '.join(sorted(sub.model.unique()))} on "
                  f"{', '.join(sorted(sub.dataset.unique()))}; seeds {sorted(int(s) for s in sub.seed.unique())}")
-        made.append(accuracy_vs_density(sub, out / f"{exp}_{budget}_accuracy_vs_density.png", title))
+        draw = method_comparison if compares_methods(sub) else accuracy_vs_density
+        made.append(draw(sub, out / f"{exp}_{budget}_accuracy_vs_density.png", title))
     return made
 
 

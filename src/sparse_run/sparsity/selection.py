@@ -13,6 +13,7 @@ Pruned weights score -inf so a selection never revives them, and ties are broken
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -38,9 +39,16 @@ def _masked(scores: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]) -> 
 
 
 def prune_fraction(scores: dict[str, torch.Tensor], masks: MaskSet, rate: float,
-                   scales: dict[str, float], scope: str) -> dict[str, torch.Tensor]:
+                   scales: dict[str, float], scope: str, selection: Any = None) -> dict[str, torch.Tensor]:
     """Remove ``rate × scale`` of each layer's *surviving* weights (layerwise), or ``rate`` of all
-    surviving weights under one threshold (global). Returns the new masks (iterative pruning)."""
+    surviving weights under one threshold (global). Returns the new masks (iterative pruning).
+
+    ``selection`` (the method's ``selection`` config) dispatches on ``pattern``: block / channel
+    patterns count whole blocks (``patterns.py``); ``unstructured`` (default) continues below."""
+    if selection is not None and selection.get("pattern", "unstructured") != "unstructured":
+        from .patterns import prune_fraction_pattern
+
+        return prune_fraction_pattern(scores, masks, rate, scales, scope, selection)
     s = _masked(scores, masks.masks)
     alive = {n: int(m.sum()) for n, m in masks.masks.items()}
     if scope == "layerwise":

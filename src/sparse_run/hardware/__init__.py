@@ -1,0 +1,163 @@
+"""Hardware targets (config group ``hardware/``): execute the final sparse model the way a target
+would, next to the dense model in the same process, and say whether it got faster.
+
+``check(cfg)`` runs before any work: it validates the target and reconciles the method's
+selection pattern with what the target can execute (an announced switch where the method allows,
+a one-line ``ConfigError`` otherwise). ``measure(run)`` runs after training and writes
+``hardware.csv``, ``hardware.json`` and ``figures/hardware.png`` (README "Hardware targets").
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import open_dict
+
+from ..validate import ConfigError, choice, number
+
+TARGETS = ("cpu", "cpu_sparse", "cpu_block", "slim", "cuda_2of4")
+EXECUTIONS = ("dense", "csr", "bsr", "slim", "semi_structured")
+NEEDS = ("any", "block", "channel", "nm")
+NO_SELECTION = ("none", "kernel_study")  # schedule kinds that prune nothing: no pattern to constrain
+_announced: set[str] = set()
+
+
+def check(cfg: Any) -> None:
+    """Reject targets / settings / method combinations the target cannot execute (before any work)."""
+    if cfg.method.schedule.kind == "kernel_study":
+        from .kernels import validate
+
+        validate(cfg)
+    hw = cfg.hardware
+    choice(hw.name, "hardware.name", TARGETS)
+    choice(hw.execution, "hardware.execution", EXECUTIONS)
+    choice(hw.pattern, "hardware.pattern", NEEDS)
+    if hw.execution == "dense":
+        return
+    for b in hw.batch_sizes:
+        number(b, "hardware.batch_sizes", lo=1, integer=True)
+    if hw.threads is not None:
+        number(hw.threads, "hardware.threads", lo=1, integer=True)
+    number(hw.warmup, "hardware.warmup", lo=0, integer=True)
+    number(hw.rounds, "hardware.rounds", lo=3, integer=True)
+    number(hw.min_time_ms, "hardware.min_time_ms", lo=0, lo_open=True)
+    number(hw.ci, "hardware.ci", lo=0, hi=1, lo_open=True, hi_open=True)
+    if hw.execution in ("csr", "bsr"):
+        choice(hw.index_dtype, "hardware.index_dtype", ("int32", "int64"))
+    if hw.execution == "bsr":
+        blk = list(hw.block)
+        if len(blk) != 2 or blk[0] != blk[1] or not all(isinstance(v, int) and v >= 1 for v in blk):
+            raise ConfigError("hardware.block", f"got {blk!r}; torch's CPU BSR kernels (MKL) run square blocks "
+                                                "only; allowed: [b, b], e.g. [4, 4], [16, 16]")
+    if hw.execution == "semi_structured":
+        choice(hw.dtype, "hardware.dtype", ("float16", "bfloat16"))
+    _constrain_pattern(cfg)
+
+
+def _announce(msg: str) -> None:
+    if msg not in _announced:
+        _announced.add(msg)
+        print(f"sparse-run: {msg}", file=sys.stderr)
+
+
+def _constrain_pattern(cfg: Any) -> None:
+    """Make the method's selection produce the pattern the target needs, or refuse in one line."""
+    hw, method = cfg.hardware, cfg.method
+    need, have = hw.pattern, method.selection.pattern
+    if need == "any" or method.schedule.kind in NO_SELECTION:
+        return
+    target = f"hardware={hw.name}"
+    if need == "block":
+        want = [int(v) for v in hw.block]
+        if have == "block":
+            got = [int(v) for v in (method.selection.get("block") or want)]
+            if got != want:
+                raise ConfigError("method.selection.block", f"got {got}; {target} executes {want[0]}x{want[1]} "
+                                                            f"blocks; allowed: {want}")
+            with open_dict(method.selection):
+                method.selection.block = want
+            return
+        if have != "unstructured":
+            raise ConfigError("method.selection.pattern", f"got {have!r}; {target} executes block-sparse weights; "
+                                                          "allowed: block, unstructured (switched to block)")
+        with open_dict(method.selection):
+            method.selection.pattern, method.selection.block = "block", want
+        _announce(f"{target} needs block-shaped masks: method.selection.pattern unstructured -> block "
+                  f"{want[0]}x{want[1]}")
+    elif need == "channel":
+        if have not in ("channel", "unstructured"):
+            raise ConfigError("method.selection.pattern", f"got {have!r}; {target} removes whole channels; "
+                                                          "allowed: channel, unstructured (switched to channel)")
+        if have == "unstructured":
+            with open_dict(method.selection):
+                method.selection.pattern = "channel"
+            _announce(f"{target} removes whole channels: method.selection.pattern unstructured -> channel")
+        if method.policy.prune_last:
+            with open_dict(method.policy):
+                method.policy.prune_last = False
+            _announce(f"{target}: the output layer's rows are the classes: method.policy.prune_last true -> false")
+    elif need == "nm":
+        n, m = int(hw.n), int(hw.m)
+        if have == "nm" and int(method.selection.get("n", 0)) == n and int(method.selection.get("m", 0)) == m:
+            return
+        raise ConfigError("method.selection.pattern", f"got {have!r}; {target} executes {n}:{m} semi-structured "
+                                                      f"weights only; allowed: nm with n={n}, m={m}, or a method "
+                                                      "that prunes nothing (method=dense)")
+
+
+def measure(run: Any) -> Path | None:
+    """Time the final model dense vs on the target; write hardware.csv / .json and the figure."""
+    cfg = run.cfg
+    if cfg.hardware.execution == "dense" or cfg.method.schedule.kind in ("kernel_study",):
+        return None
+    import torch
+
+    from ..results import atomic_write_text, rows_to_csv
+    from ..sparsity import MaskSet, prunable
+    from .env import environment
+    from .formats import assert_pruned_zero
+    from .figures import hardware_figure
+    from .measurement import COLUMNS, measure_model, protocol
+
+    hw = cfg.hardware
+    final = torch.load(run.dir / "checkpoints/final.pt", weights_only=True)
+    model = run.new_model(run.seed).cpu()
+    assert_pruned_zero(final["model"], final["masks"])  # the model we time is the one that was trained
+    model.load_state_dict({k: v.cpu() for k, v in final["model"].items()})
+    masks = MaskSet(prunable(model, cfg.method.policy))
+    masks.load_state_dict(final["masks"])
+    threads_before = torch.get_num_threads()
+    threads = hw.threads or cfg.threads or threads_before
+    torch.set_num_threads(int(threads))
+    try:
+        context = {k: v for k, v in run.context(-1, "final").items() if k not in ("round", "variant")}
+        proto = protocol(hw, cfg.budget.name == "smoke", run.seed)
+        rows, meta = measure_model(model, masks.masks, hw, run.data.test_x.cpu(), proto, context)
+        env = environment(int(threads))
+    finally:
+        torch.set_num_threads(threads_before)
+    atomic_write_text(run.dir / "hardware.csv", rows_to_csv(rows, COLUMNS))
+    info = {"target": dict(hw), "protocol": proto.__dict__, "environment": env, **meta,
+            "pattern": dict(cfg.method.selection)}
+    atomic_write_text(run.dir / "hardware.json", json.dumps(info, indent=2, default=str))
+    hardware_figure(run.dir / "hardware.csv", run.dir / "figures" / "hardware.png")
+    return run.dir / "hardware.csv"
+
+
+def kernel_study(run: Any) -> None:
+    """Runner for ``method.schedule.kind=kernel_study`` (``experiment=hw_sparse_1x1``): trains nothing."""
+    from .kernels import run_study
+
+    run_study(run)
+
+
+def read_hardware(path: Path) -> Any:
+    """``hardware.csv`` (or every one under a folder) as one DataFrame, for reports and sweeps."""
+    import pandas as pd
+
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(path.rglob("hardware.csv"))
+    frames = [pd.read_csv(f).assign(run_dir=str(f.parent)) for f in files]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
