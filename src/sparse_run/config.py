@@ -14,13 +14,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .logger import KINDS as LOGGERS
 from .sparsity import CRITERIA, SCOPES
+from .sparsity import nm as nm_sel
 from .train import LR_SCHEDULES, OPTIMIZERS
 from .validate import ConfigError, choice, number
 
-SCHEDULE_KINDS = ("none", "iterative")
+SCHEDULE_KINDS = ("none", "iterative", *nm_sel.KINDS)
 REWINDS = ("init", "step", "none")
 CONTROL_VARIANTS = ("reinit",)
-PATTERNS = ("unstructured",)
+PATTERNS = ("unstructured", "nm")
 DEVICES = ("cpu", "cuda", "auto")
 
 
@@ -50,6 +51,11 @@ def validate(cfg: DictConfig) -> None:
     choice(m.criterion, "method.criterion", CRITERIA)
     choice(m.selection.scope, "method.selection.scope", SCOPES)
     choice(m.selection.pattern, "method.selection.pattern", PATTERNS)
+    if m.selection.pattern == "nm" or m.schedule.kind in nm_sel.KINDS:
+        if m.selection.pattern != "nm":
+            raise ConfigError("method.selection.pattern", f"got {m.selection.pattern!r}; "
+                              f"schedule.kind={m.schedule.kind} needs: nm")
+        nm_sel.validate(m)
     s = m.schedule
     choice(s.kind, "method.schedule.kind", SCHEDULE_KINDS)
     if s.kind == "iterative":

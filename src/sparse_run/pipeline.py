@@ -93,15 +93,19 @@ class Run:
     def train_arm(self, key: str, model: torch.nn.Module, masks: MaskSet, round_: int, variant: str, *,
                   target_density: float, start_state: dict[str, Any] | None = None,
                   capture: tuple[int, Callable[[dict[str, Any]], None]] | None = None,
-                  save_as: str | None = None) -> TrainResult:
+                  save_as: str | None = None, hooks: list[Any] | None = None,
+                  row_extra: Callable[[TrainResult], dict[str, Any]] | None = None,
+                  context: dict[str, Any] | None = None) -> TrainResult:
         """Train one arm (resuming mid-arm if a checkpoint for it exists) and record its row.
 
         ``save_as`` stores the trained weights + masks before the arm is marked done, so a kill at
         any moment leaves either an unfinished arm (retrained from its last checkpoint) or a
-        finished one with all its artefacts.
+        finished one with all its artefacts. ``hooks`` go to the training loop, ``row_extra(result)``
+        adds summary columns, and ``context`` adds or overrides the arm's identifying columns in the
+        summary and metrics (e.g. ``pattern``; its ``seed`` also sets the arm's data order).
         """
         t = self.cfg.train
-        ctx = self.context(round_, variant)
+        ctx = {**self.context(round_, variant), **(context or {})}
         inflight = self.dir / INFLIGHT
         resume = start_state
         if inflight.exists():
@@ -113,14 +117,15 @@ class Run:
             self.writer.save(INFLIGHT, {"arm": key, "state": state})
 
         result = train(model, masks, self.data, t, steps=int(t.steps), eval_every=int(t.eval_every),
-                       seed=self.seed, desc=f"round {round_} {variant}", checkpoint=checkpoint, resume=resume,
-                       on_eval=lambda rec: self.log.log_eval(rec, ctx), capture=capture)
+                       seed=int(ctx["seed"]), desc=f"round {round_} {variant}", checkpoint=checkpoint,
+                       resume=resume, on_eval=lambda rec: self.log.log_eval(rec, ctx), capture=capture,
+                       hooks=hooks)
         masks.check()  # pruned weights are exactly zero after the last optimizer step
         row = {**ctx, "target_density": target_density, "density": masks.density(), "nonzeros": masks.nonzeros(),
                "prunable": masks.numel(), "test_acc": result.final_test_acc,
                "early_stop_step": result.early_stop_step, "test_acc_at_early_stop": result.test_acc_at_early_stop,
                "val_acc": result.final_val_acc, "steps": result.steps, "wall_s": round(result.wall_s, 3),
-               "status": "ok"}
+               "status": "ok", **(row_extra(result) if row_extra else {})}
         if save_as:
             self.writer.save(save_as, {"model": model.state_dict(), "masks": masks.state_dict()})
         self.writer.add(row, result.history, ctx)
@@ -227,6 +232,10 @@ RUNNERS: dict[str, Callable[[Run], None]] = {
     "none": run_dense,
     "iterative": run_iterative,
 }
+
+from .nm_pipeline import run_nm, run_nm_compare  # noqa: E402  (N:M runners; they only use Run)
+
+RUNNERS.update({"nm": run_nm, "nm_compare": run_nm_compare})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ SUMMARY_COLUMNS = [
     "round", "variant", "target_density", "density", "nonzeros", "prunable",
     "test_acc", "early_stop_step", "test_acc_at_early_stop", "val_acc", "steps", "wall_s", "status",
 ]
-VARIANTS = ("dense", "ticket", "reinit", "sparse", "small_dense")
+VARIANTS = ("dense", "ticket", "reinit", "sparse", "small_dense", "oneshot", "ste", "srste", "bdwp")
 METRIC_KEYS = ["step", "train_loss", "val_loss", "val_acc", "test_acc"]
 LAYER_COLUMNS = ["round", "layer", "numel", "nonzeros", "target_density", "density"]
 
@@ -89,12 +89,16 @@ class RunWriter:
         self.metrics.extend({**context, **rec} for rec in history)
         self.flush()
 
-    def add_layers(self, round_: int, report: Iterable[Any]) -> None:
-        """Per-layer sparsity of one pruning event (replaces an earlier record of the same round)."""
-        self.layers = [row for row in self.layers if row["round"] != round_]
+    def add_layers(self, round_: int, report: Iterable[Any], key: dict[str, Any] | None = None) -> None:
+        """Per-layer sparsity of one pruning event (replaces an earlier record of the same round and
+        ``key``, e.g. ``{"variant": "ste", "pattern": "2:4"}``); a report item's ``extra`` dict adds columns."""
+        key = key or {}
+        self.layers = [row for row in self.layers
+                       if not (row["round"] == round_ and all(row.get(k) == v for k, v in key.items()))]
         for lr in report:
             self.layers.append({"round": round_, "layer": lr.name, "numel": lr.numel, "nonzeros": lr.nonzeros,
-                                "target_density": lr.target_density, "density": lr.density})
+                                "target_density": lr.target_density, "density": lr.density, **key,
+                                **getattr(lr, "extra", {})})
 
     def flush(self) -> None:
         atomic_write_text(self.dir / "summary.csv", rows_to_csv(self.rows, SUMMARY_COLUMNS))
