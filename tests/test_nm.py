@@ -226,7 +226,7 @@ def test_nm_mnist_smoke_end_to_end(tmp_path):
     run = next((tmp_path / "nm_mnist").iterdir())
     s = pd.read_csv(run / "summary.csv")
     assert sorted(s.variant) == ["bdwp", "dense", "dense", "oneshot", "srste", "ste"]
-    assert set(s.pattern) == {"dense", "mixed"}  # the per-layer override is visible
+    assert set(s.pattern) == {"dense", "1:8/2:4", "2:8/2:4"}  # the per-layer override is visible
     assert (s.density == s.target_density).all() and (s.nonzeros == (s.density * s.prunable).round()).all()
     for col in ("flops_fwd", "flops_bwd_data", "flops_wgrad", "train_flops_ratio"):
         assert s[col].notna().all()

@@ -71,8 +71,8 @@ def layer_patterns(model: nn.Module, method: Any, default: Pattern) -> dict[str,
 
 
 def _label(patterns: dict[str, Pattern]) -> str:
-    kinds = {nm_sel.fmt(p) for p in patterns.values()}
-    return kinds.pop() if len(kinds) == 1 else "mixed"
+    """The summary's ``pattern``: "2:4", or the distinct per-layer patterns in layer order ("1:8/2:4")."""
+    return "/".join(dict.fromkeys(nm_sel.fmt(p) for p in patterns.values()))
 
 
 def _target(patterns: dict[str, Pattern], masks: MaskSet) -> float:

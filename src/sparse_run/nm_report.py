@@ -2,7 +2,8 @@
 
 - ``figures/nm_accuracy.png``: final test accuracy per pattern and method, the dense seeds as a
   band (mean ± std), and each arm's paired difference to the dense arm of its seed.
-- ``figures/nm_sad.png``: SAD per evaluation interval and cumulative SAD, STE vs SR-STE per pattern.
+- ``figures/nm_sad.png``: SAD per evaluation interval, cumulative SAD, and the paired ratio
+  SR-STE / STE per evaluation, per pattern.
 """
 from __future__ import annotations
 
@@ -19,9 +20,13 @@ METHODS = {"oneshot": ("tab:orange", "s", "one-shot + fine-tune"), "ste": ("tab:
            "srste": ("tab:green", "^", "SR-STE"), "bdwp": ("tab:red", "D", "BDWP")}
 
 
-def _density(p: str) -> float:
-    n, m = p.split(":")
-    return int(n) / int(m)
+def _order(p: str) -> tuple[float, str]:
+    """Sort key: denser patterns first; mixed per-layer labels ("1:8/2:4") last."""
+    try:
+        n, m = p.split(":")
+        return -int(n) / int(m), p
+    except ValueError:
+        return 1.0, p
 
 
 def accuracy_figure(df: pd.DataFrame, out: Path, title: str) -> Path | None:
@@ -29,7 +34,7 @@ def accuracy_figure(df: pd.DataFrame, out: Path, title: str) -> Path | None:
     dense = df[df.variant == "dense"]
     if sparse.empty:
         return None
-    patterns = sorted(sparse.pattern.unique(), key=lambda p: (-_density(p) if ":" in p else 0, p))
+    patterns = sorted(sparse.pattern.unique(), key=_order)
     x = {p: i for i, p in enumerate(patterns)}
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
     dense_acc = dense.set_index("seed").test_acc * 100
@@ -50,6 +55,8 @@ def accuracy_figure(df: pd.DataFrame, out: Path, title: str) -> Path | None:
             if paired:
                 sub = sub[sub.seed.isin(dense_acc.index)]
                 sub["acc"] = sub.acc - dense_acc.loc[sub.seed].to_numpy()
+            if sub.empty:  # no dense arm of this seed to pair with
+                continue
             g = sub.groupby("pattern").acc.agg(["mean", "std", "size"])
             xs = [x[p] - 0.4 + width * (k + 0.5) for p in g.index]
             ax.errorbar(xs, g["mean"], yerr=g["std"].fillna(0), fmt=marker, color=color, ms=6, capsize=3,
@@ -76,9 +83,9 @@ def sad_figure(metrics: pd.DataFrame, out: Path, title: str) -> Path | None:
     m = metrics[metrics.variant.isin(["ste", "srste"]) & metrics.sad.notna()]
     if m.empty:
         return None
-    patterns = sorted(m.pattern.unique(), key=lambda p: -_density(p))
+    patterns = sorted(m.pattern.unique(), key=_order)
     colors = dict(zip(patterns, plt.cm.viridis([i / max(1, len(patterns) - 1) * 0.85 for i in range(len(patterns))])))
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.6))
     for (variant, pattern, seed), g in m.groupby(["variant", "pattern", "seed"]):
         g = g.sort_values("step")
         ls = "--" if variant == "ste" else "-"
@@ -90,10 +97,22 @@ def sad_figure(metrics: pd.DataFrame, out: Path, title: str) -> Path | None:
     axes[0].set_ylabel("SAD: mask flips since previous evaluation")
     axes[1].set_yscale("log")
     axes[1].set_ylabel("cumulative SAD")
+    # paired ratio SR-STE / STE (same pattern and seed, same evaluation step)
+    pivot = m.pivot_table(index=["pattern", "seed", "step"], columns="variant", values="sad")
+    if {"ste", "srste"} <= set(pivot.columns):
+        ratio = (pivot.srste / pivot.ste.where(pivot.ste > 0)).dropna().reset_index()
+        for (pattern, seed), g in ratio.groupby(["pattern", "seed"]):
+            axes[2].plot(g.step, g[0], color=colors[pattern], marker=".", ms=3, label=f"{pattern}")
+        last = m.step.max()
+        axes[2].axvspan(0.75 * last, last, color="grey", alpha=0.12, label="last quarter")
+        axes[2].axhline(1.0, color="black", lw=1, ls="--")
+        axes[2].set_ylim(0, 1.5)
+    axes[2].set_ylabel("SAD ratio SR-STE / STE (paired)")
     for ax in axes:
         ax.set_xlabel("training step")
         ax.grid(True, which="both", alpha=0.3)
     axes[1].legend(fontsize=7, ncol=2, loc="lower right")
+    axes[2].legend(fontsize=7, loc="lower left")
     fig.suptitle(title + "  (dashed: STE, solid: SR-STE)", fontsize=10)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
