@@ -42,7 +42,7 @@ def accuracy_figure(df: pd.DataFrame, out: Path, title: str) -> Path | None:
         if len(dense_acc):
             mu = 0.0 if paired else dense_acc.mean()
             sd = dense_acc.std(ddof=1) if len(dense_acc) > 1 else 0.0
-            ax.axhline(mu, color="black", ls="--", lw=1.1, label=f"dense mean ± std (n={len(dense_acc)} seeds)")
+            ax.axhline(mu, color="black", ls="--", lw=1.1, label=f"dense mean, ±1/±2 std (n={len(dense_acc)} seeds)")
             if sd > 0:
                 ax.axhspan(mu - sd, mu + sd, color="black", alpha=0.1)
                 ax.axhspan(mu - 2 * sd, mu + 2 * sd, color="black", alpha=0.05)
@@ -66,8 +66,9 @@ def accuracy_figure(df: pd.DataFrame, out: Path, title: str) -> Path | None:
         ax.grid(True, axis="y", alpha=0.3)
     axes[0].set_ylabel("final test accuracy (%)")
     axes[1].set_ylabel("paired Δ accuracy vs dense of the same seed (pp)")
-    lo = min(sparse.test_acc.min() * 100, dense_acc.min() if len(dense_acc) else 100)
-    axes[0].set_ylim(max(lo - 0.5, 0), 100 if lo > 90 else None)
+    accs = [*(sparse.test_acc * 100).tolist(), *dense_acc.tolist()]
+    pad = max(0.2, 0.1 * (max(accs) - min(accs)))
+    axes[0].set_ylim(max(min(accs) - pad, 0), min(max(accs) + pad, 100))
     axes[0].legend(fontsize=8, loc="lower left")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -102,7 +103,8 @@ def sad_figure(metrics: pd.DataFrame, out: Path, title: str) -> Path | None:
     if {"ste", "srste"} <= set(pivot.columns):
         ratio = (pivot.srste / pivot.ste.where(pivot.ste > 0)).dropna().reset_index()
         for (pattern, seed), g in ratio.groupby(["pattern", "seed"]):
-            axes[2].plot(g.step, g[0], color=colors[pattern], marker=".", ms=3, label=f"{pattern}")
+            label = f"{pattern}" + (f" s{seed}" if m.seed.nunique() > 1 else "")
+            axes[2].plot(g.step, g[0], color=colors[pattern], marker=".", ms=3, label=label)
         last = m.step.max()
         axes[2].axvspan(0.75 * last, last, color="grey", alpha=0.12, label="last quarter")
         axes[2].axhline(1.0, color="black", lw=1, ls="--")
