@@ -90,8 +90,8 @@ def run_figures(run_dir: Path) -> list[Path]:
 
 def console_table(df: pd.DataFrame) -> str:
     """A compact table of a summary for the terminal (one line per round × variant)."""
-    cols = {"round": "round", "variant": "variant", "pattern": "pattern", "density": "density %", "test_acc_at_early_stop": "acc@ES %",
-            "early_stop_step": "ES step", "test_acc": "final acc %", "wall_s": "s"}
+    cols = {"round": "round", "variant": "variant", "pattern": "pattern", "density": "density %",
+            "test_acc_at_early_stop": "acc@ES %", "early_stop_step": "ES step", "test_acc": "final acc %", "wall_s": "s"}
     t = df[[c for c in cols if c in df]].copy()
     for c in ("density", "test_acc_at_early_stop", "test_acc"):
         if c in t:

@@ -91,7 +91,7 @@ class RunWriter:
 
     def add_layers(self, round_: int, report: Iterable[Any], key: dict[str, Any] | None = None) -> None:
         """Per-layer sparsity of one pruning event (replaces an earlier record of the same round and
-        ``key``, e.g. ``{"variant": "ste", "pattern": "2:4"}``); a report item's ``extra`` dict adds columns."""
+        ``key``, e.g. ``{"arm": "ste/2:4/s0"}``, written as columns); a report item's ``extra`` dict adds columns."""
         key = key or {}
         self.layers = [row for row in self.layers
                        if not (row["round"] == round_ and all(row.get(k) == v for k, v in key.items()))]
