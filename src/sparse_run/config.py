@@ -14,13 +14,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .logger import KINDS as LOGGERS
 from .sparsity import CRITERIA, SCOPES
+from .sparsity import nm as nm_sel
 from .sparsity.patterns import PATTERNS
 from .sparsity.patterns import validate_method as validate_pattern
 from .sparsity.selection import PATTERNS as MULTI_LEVEL_PATTERNS
 from .train import LR_SCHEDULES, OPTIMIZERS
 from .validate import ConfigError, choice, number
 
-SCHEDULE_KINDS = ("none", "iterative", "oneshot", "at_init", "gradual")
+SCHEDULE_KINDS = ("none", "iterative", "oneshot", "at_init", "gradual", *nm_sel.KINDS)
 REWINDS = ("init", "step", "none")
 DEVICES = ("cpu", "cuda", "auto")
 CONTROL_VARIANTS = ("reinit", "random", "small_dense")
@@ -54,6 +55,11 @@ def validate(cfg: DictConfig) -> None:
     choice(m.selection.scope, "method.selection.scope", SCOPES)
     choice(m.selection.pattern, "method.selection.pattern", PATTERNS)
     validate_pattern(m)
+    if m.selection.pattern == "nm" or m.schedule.kind in nm_sel.KINDS:
+        if m.selection.pattern != "nm" or m.schedule.kind not in nm_sel.KINDS:
+            raise ConfigError("method.selection.pattern", f"got {m.selection.pattern!r} with schedule.kind="
+                              f"{m.schedule.kind}; pattern nm goes with schedule.kind in {', '.join(nm_sel.KINDS)}")
+        nm_sel.validate(m)
     s = m.schedule
     choice(s.kind, "method.schedule.kind", SCHEDULE_KINDS)
     if s.kind == "iterative":
@@ -78,7 +84,8 @@ def validate(cfg: DictConfig) -> None:
 
 # controls each schedule kind can run, and criteria the iterative runner can score with (no data there)
 KIND_CONTROLS = {"none": (), "iterative": ("reinit", "random"), "oneshot": ("small_dense",),
-                 "at_init": ("small_dense",), "gradual": ("small_dense",), "kernel_study": ()}
+                 "at_init": ("small_dense",), "gradual": ("small_dense",), "kernel_study": (),
+                 **{kind: () for kind in nm_sel.KINDS}}
 ITERATIVE_CRITERIA = ("magnitude", "random")
 ITERATIVE_SCOPES = ("layerwise", "global")
 
@@ -122,7 +129,7 @@ def validate_method(cfg: DictConfig) -> None:
             for i, r in enumerate(rewinds):
                 choice(r, f"method.schedule.rewinds[{i}]", REWINDS)
         return
-    if s.kind in ("none", "kernel_study"):
+    if s.kind in ("none", "kernel_study", *nm_sel.KINDS):  # N:M kinds: nm_sel.validate above
         return
     choice(m.selection.pattern, f"method.selection.pattern (schedule.kind={s.kind})", MULTI_LEVEL_PATTERNS)
     given = [k for k in ("densities", "sparsities") if s.get(k) is not None]

@@ -107,7 +107,9 @@ class Run:
                   capture: tuple[int, Callable[[dict[str, Any]], None]] | None = None,
                   save_as: str | None = None, stage: str | None = None,
                   method: str | None = None, steps: int | None = None, hooks: list[StepHook] | None = None,
-                  extra: dict[str, Any] | None = None, early_stop_from: int = 0) -> TrainResult:
+                  extra: dict[str, Any] | None = None, early_stop_from: int = 0,
+                  row_extra: Callable[[TrainResult], dict[str, Any]] | None = None,
+                  context: dict[str, Any] | None = None) -> TrainResult:
         """Train one arm (resuming mid-arm if a checkpoint for it exists) and record its row.
 
         ``save_as`` stores the trained weights + masks before the arm is marked done, so a kill at
@@ -116,12 +118,14 @@ class Run:
         result is cached under ``<results_dir>/.cache/`` keyed by the config that determines it,
         so other runs and sweep jobs reuse it instead of training it again.
         ``method`` names the row when one run compares several methods; ``steps`` overrides
-        ``train.steps`` (fine-tuning); ``hooks`` run after every optimizer step (gradual pruning);
-        ``extra`` adds columns to the row; ``early_stop_from`` restricts the early-stop search to
-        evaluations at or after that step (gradual pruning: once the masks are final).
+        ``train.steps`` (fine-tuning); ``hooks`` run after every optimizer step (gradual pruning,
+        N:M training); ``extra`` adds columns to the row and ``row_extra(result)`` computed ones;
+        ``context`` adds or overrides the arm's identifying columns in the summary and metrics (e.g.
+        ``pattern``; its ``seed`` also sets the arm's data order); ``early_stop_from`` restricts the
+        early-stop search to evaluations at or after that step (gradual pruning: once the masks are final).
         """
         t = self.cfg.train
-        ctx = self.context(round_, variant, method)
+        ctx = {**self.context(round_, variant, method), **(context or {})}
         inflight = self.dir / INFLIGHT
         resume = start_state
         if inflight.exists():
@@ -136,8 +140,8 @@ class Run:
 
         def fit(cap: Any = capture) -> TrainResult:
             return train(model, masks, self.data, t, steps=n_steps, eval_every=min(int(t.eval_every), n_steps),
-                         seed=self.seed, desc=f"round {round_} {variant}", checkpoint=checkpoint, resume=resume,
-                         on_eval=lambda rec: self.log.log_eval(rec, ctx), capture=cap, hooks=hooks)
+                         seed=int(ctx["seed"]), desc=f"round {round_} {variant}", checkpoint=checkpoint,
+                         resume=resume, on_eval=lambda rec: self.log.log_eval(rec, ctx), capture=cap, hooks=hooks)
 
         if stage and self.cfg.get("cache", True):
             result = stages.cached(self, stage, model, masks, fit, capture)
@@ -152,7 +156,8 @@ class Run:
                "prunable": masks.numel(), "test_acc": result.final_test_acc,
                "early_stop_step": result.early_stop_step, "test_acc_at_early_stop": result.test_acc_at_early_stop,
                "val_acc": result.final_val_acc, "steps": result.steps, "wall_s": round(result.wall_s, 3),
-               "status": "ok", "nnz_params": nnz_params(model, masks), **(extra or {})}
+               "status": "ok", "nnz_params": nnz_params(model, masks), **(extra or {}),
+               **(row_extra(result) if row_extra else {})}
         if save_as:
             self.writer.save(save_as, {"model": model.state_dict(), "masks": masks.state_dict()})
         self.writer.add(row, result.history, ctx)
@@ -294,8 +299,10 @@ RUNNERS: dict[str, Callable[[Run], None]] = {
 }
 
 from .runners import RUNNERS as _MULTI_LEVEL  # noqa: E402  (one-shot, at-init, gradual; needs Run above)
+from .nm_pipeline import run_nm, run_nm_compare  # noqa: E402  (N:M runners; they only use Run)
 
 RUNNERS.update(_MULTI_LEVEL)
+RUNNERS.update({"nm": run_nm, "nm_compare": run_nm_compare})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -183,6 +183,10 @@ def run_figures(run_dir: Path) -> list[Path]:
     first = df.iloc[0]
     title = (f"{first.experiment}: {first.model} on {first.dataset}, method {first.method}, "
              f"budget {first.budget}, seeds {sorted(df.seed.unique().tolist())}")
+    if "pattern" in df and df.pattern.notna().any():  # N:M runs have their own figures
+        from .nm_report import run_figures as nm_figures
+
+        return nm_figures(Path(run_dir), df, title)
     out = Path(run_dir) / "figures" / "accuracy_vs_density.png"
     if compares_methods(df):
         return [method_comparison(df, out, title.replace(f"method {first.method}",
@@ -192,8 +196,8 @@ def run_figures(run_dir: Path) -> list[Path]:
 
 def console_table(df: pd.DataFrame) -> str:
     """A compact table of a summary for the terminal (one line per round × variant)."""
-    cols = {"round": "round", "variant": "variant", "density": "density %", "test_acc_at_early_stop": "acc@ES %",
-            "early_stop_step": "ES step", "test_acc": "final acc %", "wall_s": "s"}
+    cols = {"round": "round", "variant": "variant", "pattern": "pattern", "density": "density %",
+            "test_acc_at_early_stop": "acc@ES %", "early_stop_step": "ES step", "test_acc": "final acc %", "wall_s": "s"}
     t = df[[c for c in cols if c in df]].copy()
     for c in ("density", "test_acc_at_early_stop", "test_acc"):
         if c in t:

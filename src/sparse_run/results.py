@@ -22,7 +22,7 @@ SUMMARY_COLUMNS = [
     "round", "variant", "target_density", "density", "nonzeros", "prunable",
     "test_acc", "early_stop_step", "test_acc_at_early_stop", "val_acc", "steps", "wall_s", "status",
 ]
-VARIANTS = ("dense", "ticket", "reinit", "sparse", "small_dense")
+VARIANTS = ("dense", "ticket", "reinit", "sparse", "small_dense", "oneshot", "ste", "srste", "bdwp")
 METRIC_KEYS = ["step", "train_loss", "val_loss", "val_acc", "test_acc"]
 LAYER_COLUMNS = ["round", "layer", "numel", "nonzeros", "target_density", "density"]
 
@@ -89,15 +89,18 @@ class RunWriter:
         self.metrics.extend({**context, **rec} for rec in history)
         self.flush()
 
-    def add_layers(self, round_: int, report: Iterable[Any], **extra: Any) -> None:
-        """One row per layer of one pruning event; ``extra`` (method, variant, step, totals) is
-        repeated on each row. Recording the same event again (a resumed run) replaces it."""
-        key = (round_, extra.get("method"), extra.get("variant"), extra.get("step"))
+    def add_layers(self, round_: int, report: Iterable[Any], key: dict[str, Any] | None = None,
+                   **extra: Any) -> None:
+        """One row per layer of one pruning event. ``key`` (e.g. ``{"arm": "ste/2:4/s0"}``) and
+        ``extra`` (method, variant, step, totals) are written as columns on each row; a report item's
+        ``extra`` dict adds its own. Recording the same event again (a resumed run) replaces it."""
+        ident = {**(key or {}), **{k: extra[k] for k in ("method", "variant", "step") if k in extra}}
         self.layers = [row for row in self.layers
-                       if (row["round"], row.get("method"), row.get("variant"), row.get("step")) != key]
+                       if not (row["round"] == round_ and all(row.get(k) == v for k, v in ident.items()))]
         for lr in report:
             self.layers.append({"round": round_, "layer": lr.name, "numel": lr.numel, "nonzeros": lr.nonzeros,
-                                "target_density": lr.target_density, "density": lr.density, **extra})
+                                "target_density": lr.target_density, "density": lr.density, **(key or {}),
+                                **extra, **getattr(lr, "extra", {})})
 
     def flush(self) -> None:
         atomic_write_text(self.dir / "summary.csv", rows_to_csv(self.rows, SUMMARY_COLUMNS))

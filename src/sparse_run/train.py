@@ -109,7 +109,9 @@ def train(model: nn.Module, masks: MaskSet, data: DataBundle, tcfg: Any, *, step
     """Train ``model`` under ``masks`` for ``steps`` iterations, evaluating every ``eval_every``.
 
     The data order depends only on ``seed`` (so arms of one run see the same batches). ``hooks``
-    run after every optimizer step (gradual / dynamic schedules update masks there). ``checkpoint``
+    run after every optimizer step (gradual / dynamic schedules update masks there); a hook with
+    ``eval_metrics(step) -> dict`` adds to each evaluation record, and one with ``state_dict`` /
+    ``load_state_dict`` is carried through checkpoints. ``checkpoint``
     receives the full loop state every ``train.checkpoint_every`` steps; passing that state back as
     ``resume`` continues bit-for-bit. ``capture=(k, fn)`` hands ``fn`` the same state at step ``k``
     (late rewinding keeps it as the point survivors return to).
@@ -138,6 +140,9 @@ def train(model: nn.Module, masks: MaskSet, data: DataBundle, tcfg: Any, *, step
         order, cursor, start = resume["order"], resume["cursor"], resume["step"]
         history, wall0 = list(resume["history"]), resume["wall_s"]
         loss_sum = resume["loss_sum"].to(device)
+        for hook, hstate in zip(hooks or (), resume.get("hooks") or ()):
+            if hstate is not None:  # stateful hooks (e.g. N:M SAD tracking) continue too
+                hook.load_state_dict(hstate)
     masks.apply_()
     every = int(tcfg.get("checkpoint_every") or 0)
     model.train()
@@ -148,7 +153,8 @@ def train(model: nn.Module, masks: MaskSet, data: DataBundle, tcfg: Any, *, step
         return {"model": model.state_dict(), "masks": masks.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "generator": gen.get_state(), "order": order,
                 "cursor": cursor, "step": done, "history": list(history), "loss_sum": loss_sum.detach().clone(),
-                "wall_s": wall0 + time.perf_counter() - t0}
+                "wall_s": wall0 + time.perf_counter() - t0,
+                "hooks": [h.state_dict() if hasattr(h, "state_dict") else None for h in hooks or ()]}
 
     if capture and capture[0] == start:
         capture[1](state(start))
@@ -173,6 +179,9 @@ def train(model: nn.Module, masks: MaskSet, data: DataBundle, tcfg: Any, *, step
         done = step + 1
         if done % eval_every == 0 or done == steps:
             record = _eval_record(model, data, done, loss_sum / since_eval)
+            for hook in hooks or ():  # hooks may add metrics to the record (N:M: sad, sad_cum)
+                if hasattr(hook, "eval_metrics"):
+                    record.update(hook.eval_metrics(done))
             loss_sum.zero_()
             since_eval = 0
             history.append(record)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..validate import ConfigError, choice
 
-PATTERNS = ("unstructured", "block", "channel")
+PATTERNS = ("unstructured", "block", "channel", "nm")  # nm: N:M runners (sparsity/nm.py)
 DEFAULT_BLOCK = (4, 4)
 
 

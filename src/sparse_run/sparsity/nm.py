@@ -1,0 +1,158 @@
+"""N:M fine-grained structured selection (SR-STE, Zhou et al. 2021; NVIDIA 2:4).
+
+Every group of M consecutive weights along a GEMM's reduction dimension keeps exactly its N
+largest-|w| entries. For a Linear weight ``[out, in]`` the groups run along ``in``; for a conv
+weight ``[out, in, kh, kw]`` the weight is viewed in NHWC order ``[out, kh, kw, in]`` and the
+groups run along the input channels (``Sparse_NHWC`` in the reference code). ``dim=0`` groups
+along the output dimension instead: the mask of Wᵀ that BDWP uses in the backward-data GEMM.
+
+Shapes whose grouped dimension is not a multiple of M: each row is padded with -inf to a
+multiple of M, so the trailing partial group of r < M weights keeps min(N, r) of them (never
+more than N out of any group; the padded slots are dropped). ``tail`` reports r so the results
+can say which layers were not exactly N:M; the MLP of ``nm_mnist`` has none.
+
+Ties are broken by position (the earlier weight wins), so masks are deterministic.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from ..validate import ConfigError
+
+Pattern = tuple[int, int]
+
+
+VARIANTS = ("ste", "srste", "oneshot", "bdwp")
+KINDS = ("nm", "nm_compare")
+
+
+def parse(value: Any, field: str) -> Pattern:
+    """``"2:4"`` (or ``[2, 4]``) → ``(2, 4)``; one-line ``ConfigError`` unless 1 <= N <= M."""
+    try:
+        if isinstance(value, str):
+            a, b = value.split(":")
+            n, m = int(a), int(b)
+        else:
+            n, m = (int(v) for v in value)
+    except (TypeError, ValueError):
+        raise ConfigError(field, f"got {value!r}; must be 'N:M' with integers 1 <= N <= M") from None
+    return check(n, m, field, field)
+
+
+def check(n: Any, m: Any, n_field: str, m_field: str) -> Pattern:
+    """Validate one N:M pair: integers with M >= 1 and 1 <= N <= M."""
+    for v, field in ((n, n_field), (m, m_field)):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ConfigError(field, f"got {v!r}; must be an integer")
+    if m < 1:
+        raise ConfigError(m_field, f"got M={m}; must be >= 1")
+    if not 1 <= n <= m:
+        raise ConfigError(n_field, f"got N={n}, M={m}; must satisfy 1 <= N <= M")
+    return n, m
+
+
+def validate(method: Any) -> None:
+    """Config checks of the N:M fields (``method.selection.*``, ``method.schedule.*``), before any work."""
+    sel, sched = method.selection, method.schedule
+    if sched.kind not in KINDS:
+        raise ConfigError("method.selection.pattern", f"got 'nm' with schedule.kind={sched.kind!r}; "
+                          f"N:M selection runs under schedule.kind: {', '.join(KINDS)}")
+    check(sel.get("n"), sel.get("m"), "method.selection.n", "method.selection.m")
+    for glob, value in (sel.get("overrides") or {}).items():
+        parse(value, f"method.selection.overrides.{glob}")
+    decay = sched.get("decay", 0.0)
+    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or decay < 0:
+        raise ConfigError("method.schedule.decay", f"got {decay!r}; must be a number >= 0")
+    if sched.kind == "nm":
+        variant = sched.get("variant")
+        if variant not in VARIANTS:
+            raise ConfigError("method.schedule.variant", f"got {variant!r}; allowed: {', '.join(VARIANTS)}")
+        return
+    for key in ("patterns", "bdwp_patterns"):
+        for i, value in enumerate(sched.get(key) or []):
+            parse(value, f"method.schedule.{key}[{i}]")
+    for v in sched.get("variants") or []:
+        if v not in VARIANTS:
+            raise ConfigError("method.schedule.variants", f"got {v!r}; allowed: {', '.join(VARIANTS)}")
+    for key in ("repeats", "dense_repeats"):
+        r = sched.get(key, 1)
+        if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+            raise ConfigError(f"method.schedule.{key}", f"got {r!r}; must be an integer >= 1")
+
+
+def fmt(p: Pattern) -> str:
+    return f"{p[0]}:{p[1]}"
+
+
+def _rows(w: torch.Tensor, dim: int) -> torch.Tensor:
+    """View ``w`` as ``[rows, k]`` with the grouped dimension last (NHWC for convs when dim=1)."""
+    if w.dim() < 2:
+        raise ValueError(f"N:M needs a weight with >= 2 dims, got shape {tuple(w.shape)}")
+    order = [d for d in range(w.dim()) if d != dim] + [dim]
+    return w.permute(order).reshape(-1, w.shape[dim])
+
+
+def _unrows(rows: torch.Tensor, like: torch.Tensor, dim: int) -> torch.Tensor:
+    order = [d for d in range(like.dim()) if d != dim] + [dim]
+    shape = [like.shape[d] for d in order]
+    inverse = [order.index(d) for d in range(like.dim())]
+    return rows.reshape(shape).permute(inverse)
+
+
+def _keep_in_groups(g: torch.Tensor, n: int) -> torch.Tensor:
+    """``g: [groups, M]`` scores → bool mask keeping the N highest per group (earliest wins ties).
+
+    For M <= 16 the rank of each slot is counted with M² vectorised comparisons over contiguous
+    columns (several times faster than topk/sort on CPU for small M); otherwise a stable sort.
+    """
+    m = g.shape[1]
+    if m > 16:
+        order = torch.sort(g, dim=1, descending=True, stable=True).indices[:, :n]
+        return torch.zeros_like(g, dtype=torch.bool).scatter_(1, order, True)
+    cols = g.t().contiguous()  # [M, groups]
+    keep = torch.empty_like(cols, dtype=torch.bool)
+    for i in range(m):
+        rank = torch.zeros(cols.shape[1], dtype=torch.int32, device=g.device)
+        for j in range(m):
+            if j < i:
+                rank += cols[j] >= cols[i]
+            elif j > i:
+                rank += cols[j] > cols[i]
+        keep[i] = rank < n
+    return keep.t()
+
+
+@torch.no_grad()
+def nm_mask(w: torch.Tensor, n: int, m: int, dim: int = 1, scores: torch.Tensor | None = None) -> torch.Tensor:
+    """Boolean mask of ``w``'s shape keeping the N largest ``|w|`` (or ``scores``) in every group
+    of M consecutive entries along ``dim`` (1: input dim / channels in NHWC; 0: output dim)."""
+    s = (w.abs() if scores is None else scores).float()
+    rows = _rows(s, dim)
+    k = rows.shape[1]
+    pad = -k % m
+    if pad:
+        rows = torch.cat([rows, rows.new_full((rows.shape[0], pad), -math.inf)], dim=1)
+    keep = _keep_in_groups(rows.reshape(-1, m), n).reshape(rows.shape)[:, :k]
+    return _unrows(keep, w, dim).contiguous()
+
+
+def tail(shape: torch.Size | tuple[int, ...], m: int, dim: int = 1) -> int:
+    """Size of the trailing partial group along ``dim`` (0 when the dimension is a multiple of M)."""
+    return shape[dim] % m
+
+
+def keep_count(shape: torch.Size | tuple[int, ...], n: int, m: int, dim: int = 1) -> int:
+    """Exact number of weights ``nm_mask`` keeps for a weight of ``shape`` (for target densities)."""
+    k = shape[dim]
+    rows = math.prod(shape) // k
+    return rows * ((k // m) * n + min(n, k % m))
+
+
+def group_counts(mask: torch.Tensor, m: int, dim: int = 1) -> torch.Tensor:
+    """Non-zeros per complete group of M along ``dim`` (partial tail groups left out): for checks."""
+    rows = _rows(mask.to(torch.int32), dim)
+    full = (rows.shape[1] // m) * m
+    return rows[:, :full].reshape(-1, m).sum(1)
