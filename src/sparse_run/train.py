@@ -164,7 +164,10 @@ def train(model: nn.Module, masks: MaskSet, data: DataBundle, tcfg: Any, *, step
             cursor = 0
         idx = order[cursor]
         cursor += 1
-        loss = F.cross_entropy(fwd(data.train_x[idx]), data.train_y[idx])
+        xb = data.train_x[idx]
+        if getattr(data, "augment", None) is not None:  # dataset.augment: batched, on the device
+            xb = data.augment(xb, seed, step)
+        loss = F.cross_entropy(fwd(xb), data.train_y[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         masks.mask_grads_()
