@@ -206,7 +206,7 @@ class _Stack:
             for key, v in s.items():
                 lane_vals = [st["state"][i][key] for st in states]
                 per_elem = torch.is_tensor(v) and v.ndim > 0
-                merged[i][key] = torch.stack(lane_vals) if per_elem else v
+                merged[i][key] = torch.stack(lane_vals) if per_elem else (v.clone() if torch.is_tensor(v) else v)
         self.opt.load_state_dict({"state": merged, "param_groups": first["param_groups"]})
 
 
