@@ -10,8 +10,9 @@ lanes are stacked along a new leading dimension and trained together:
 * the loss is the sum of the K per-lane mean losses, so each lane's gradient is exactly the
   gradient of its own mean loss;
 * the optimizers allowed here (Adam, AdamW, SGD with momentum / Nesterov / weight decay) are
-  elementwise, so one optimizer over the stacked tensors applies to every lane the same update
-  a separate optimizer would; the lr schedule is shared because the lanes step in lock-step;
+  elementwise: one optimizer (one multi-tensor / fused kernel per step) over all lanes' own
+  parameters, each handed its slice of the stacked gradient, updates every lane as a separate
+  optimizer would; the lr schedule is shared because the lanes step in lock-step;
 * masks are stacked too and enforced with the same two fused multiplies per step as ``train()``.
 
 While a pass runs, each lane's ``nn.Module`` parameters are views into the stacked tensors, so
@@ -159,7 +160,9 @@ class _Stack:
         self.mask_keys: list[int] = []
         self.fmasks: list[torch.Tensor] = []
         self.refresh_masks(force=True)
-        self.opt = make_optimizer(list(self.params.values()), tcfg)
+        # lane-major, each lane in named_parameters order: lane k's i-th tensor is index k * P + i
+        self.opt = make_optimizer([p for own in self._own for p in own.values()], tcfg)
+        self._by_name = [[own[n] for own in self._own] for n in names]
         self.sched = make_lr_schedule(self.opt, tcfg, steps)
 
     def refresh_masks(self, force: bool = False) -> None:
@@ -186,28 +189,45 @@ class _Stack:
         for k, own in enumerate(self._own):
             for n, p in own.items():
                 p.data = self.params[n].detach()[k].clone()
+                p.grad = None
 
     # -- per-lane optimizer state in train()'s format ----------------------------------------
+    # -- the optimizer: one over every lane's own parameters --------------------------------
+    def step(self) -> None:
+        """Hand each lane's parameters their slice of the stacked gradient, then one optimizer step.
+
+        The optimizer holds the lanes' own parameters (views into the stack), not the stacked
+        tensors: its multi-tensor kernels still run once per step over all K x P tensors, but each
+        tensor is updated exactly as in a single run (a fused kernel's vector / tail split depends
+        on the tensor's length, so a stacked tensor would round differently in its last bits).
+        """
+        for n, own in zip(self.names, self._by_name):
+            grads = self.params[n].grad.unbind(0)
+            for p, g in zip(own, grads):
+                p.grad = g
+        self.opt.step()
+
+    def zero_grad(self) -> None:
+        for p in self.params.values():
+            p.grad = None
+        for own in self._by_name:
+            for p in own:
+                p.grad = None
+
     def lane_optimizer_state(self, k: int) -> dict[str, Any]:
+        """Lane ``k``'s optimizer state in the format ``train()`` saves (``Optimizer.state_dict``)."""
         sd = self.opt.state_dict()
-
-        def part(v: Any) -> Any:
-            return v[k].clone() if torch.is_tensor(v) and v.ndim > 0 and v.shape[0] == self.k else \
-                (v.clone() if torch.is_tensor(v) else v)
-
-        return {"state": {i: {key: part(v) for key, v in s.items()} for i, s in sd["state"].items()},
-                "param_groups": sd["param_groups"]}
+        n_p = len(self.names)
+        state = {i: {key: v.clone() if torch.is_tensor(v) else v for key, v in sd["state"][k * n_p + i].items()}
+                 for i in range(n_p) if k * n_p + i in sd["state"]}
+        return {"state": state, "param_groups": [{**g, "params": list(range(n_p))} for g in sd["param_groups"]]}
 
     def load_lane_optimizer_states(self, states: list[dict[str, Any]]) -> None:
-        first = states[0]
-        merged: dict[int, dict[str, Any]] = {}
-        for i, s in first["state"].items():
-            merged[i] = {}
-            for key, v in s.items():
-                lane_vals = [st["state"][i][key] for st in states]
-                per_elem = torch.is_tensor(v) and v.ndim > 0
-                merged[i][key] = torch.stack(lane_vals) if per_elem else (v.clone() if torch.is_tensor(v) else v)
-        self.opt.load_state_dict({"state": merged, "param_groups": first["param_groups"]})
+        n_p = len(self.names)
+        merged = {k * n_p + i: {key: v.clone() if torch.is_tensor(v) else v for key, v in s.items()}
+                  for k, st in enumerate(states) for i, s in st["state"].items()}
+        groups = [{**g, "params": list(range(self.k * n_p))} for g in states[0]["param_groups"]]
+        self.opt.load_state_dict({"state": merged, "param_groups": groups})
 
 
 def train_replicates(lanes: Sequence[Lane], data: DataBundle, tcfg: Any, *, steps: int, eval_every: int,
@@ -287,10 +307,10 @@ def train_replicates(lanes: Sequence[Lane], data: DataBundle, tcfg: Any, *, step
             out = fwd(st.params, data.train_x[idx], False)
             target = data.train_y[idx]
             losses = F.cross_entropy(out.flatten(0, 1), target.flatten(), reduction="none")
-            st.opt.zero_grad(set_to_none=True)
+            st.zero_grad()
             losses.view(k_lanes, batch).mean(1).sum().backward()  # lane k's gradient: d(its mean loss)
             st.mask_grads()
-            st.opt.step()
+            st.step()
             st.apply_masks()
             st.sched.step()
             with torch.no_grad():  # the reported loss, reduced exactly as train() reduces it
