@@ -238,3 +238,26 @@ def test_dense_schedule_with_replicates(tmp_path):
     k_dir = _execute(base, tmp_path, seed=1, **{"train.replicates": 2})
     singles = [_execute(base, tmp_path, seed=s) for s in (1, 2)]
     _compare(k_dir, singles, [1, 2], rounds=0)
+
+
+@pytest.mark.slow  # the first torch.compile costs ~15 s on this CPU (inductor builds C++ kernels)
+def test_compile_true_trains_like_eager_single_and_replicates():
+    policy = compose_cfg("experiment=lottery_mnist").method.policy
+    data, eager, compiled = toy_data(), tcfg(), tcfg(compile=True)
+    for arm in range(2):  # a second arm (fresh model, as every pipeline arm) reuses the compiled code
+        ref_model, ref_masks = lenet_lane(arm, policy)
+        ref = train(ref_model, ref_masks, data, eager, steps=30, eval_every=15, seed=arm)
+        model, masks = lenet_lane(arm, policy)
+        res = train(model, masks, data, compiled, steps=30, eval_every=15, seed=arm)
+        assert masks.violations() == {}
+        for a, b in zip(model.parameters(), ref_model.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        assert res.final_test_acc == pytest.approx(ref.final_test_acc, abs=0.011)
+    lanes_c = [Lane(*lenet_lane(s, policy), seed=s) for s in (0, 1)]
+    lanes_e = [Lane(*lenet_lane(s, policy), seed=s) for s in (0, 1)]
+    train_replicates(lanes_c, data, compiled, steps=30, eval_every=15)
+    train_replicates(lanes_e, data, eager, steps=30, eval_every=15)
+    for lc, le in zip(lanes_c, lanes_e):
+        assert lc.masks.violations() == {}
+        for a, b in zip(lc.model.parameters(), le.model.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -272,8 +272,7 @@ def train_replicates(lanes: Sequence[Lane], data: DataBundle, tcfg: Any, *, step
         st.sched.load_state_dict(resumed[0]["scheduler"])
     base = lanes[0].model
     fwd = batched_forward(base)
-    if tcfg.get("compile"):
-        fwd = torch.compile(fwd)
+    train_fwd = torch.compile(fwd) if tcfg.get("compile") else fwd  # evaluation stays eager, as in train()
     every = int(tcfg.get("checkpoint_every") or 0)
     has_hooks = any(l.hooks for l in lanes)
     base.train()
@@ -304,7 +303,7 @@ def train_replicates(lanes: Sequence[Lane], data: DataBundle, tcfg: Any, *, step
                 cursor = 0
             idx = orders[:, cursor]  # (K, batch): each lane's own batch
             cursor += 1
-            out = fwd(st.params, data.train_x[idx], False)
+            out = train_fwd(st.params, data.train_x[idx], False)
             target = data.train_y[idx]
             losses = F.cross_entropy(out.flatten(0, 1), target.flatten(), reduction="none")
             st.zero_grad()
