@@ -146,7 +146,7 @@ def batched_forward(model: nn.Module) -> Forward:
 # -- the vectorised trainer ---------------------------------------------------------------------
 
 class _Stack:
-    """The K lanes' parameters, masks and optimizer as stacked tensors."""
+    """The K lanes' parameters and masks stacked along a leading dimension, and their optimizer."""
 
     def __init__(self, lanes: Sequence[Lane], names: list[str], tcfg: Any, steps: int):
         self.lanes, self.names, self.k = lanes, names, len(lanes)
@@ -191,8 +191,7 @@ class _Stack:
                 p.data = self.params[n].detach()[k].clone()
                 p.grad = None
 
-    # -- per-lane optimizer state in train()'s format ----------------------------------------
-    # -- the optimizer: one over every lane's own parameters --------------------------------
+    # -- the optimizer: one over every lane's own parameters; state per lane in train()'s format
     def step(self) -> None:
         """Hand each lane's parameters their slice of the stacked gradient, then one optimizer step.
 
@@ -267,7 +266,7 @@ def train_replicates(lanes: Sequence[Lane], data: DataBundle, tcfg: Any, *, step
     for l in lanes:
         l.masks.apply_()
     st = _Stack(lanes, names, tcfg, steps)
-    if start:
+    if resumed[0] is not None:
         st.load_lane_optimizer_states([r["optimizer"] for r in resumed])
         st.sched.load_state_dict(resumed[0]["scheduler"])
     base = lanes[0].model
