@@ -128,7 +128,7 @@ def save_figure(fig: plt.Figure, out: Path, meta: dict[str, Any]) -> Path:
     return out
 
 
-def _series(row: pd.Series) -> str:
+def _series_label(row: pd.Series) -> str:
     """Line label of a row in a method comparison: the method, plus the variant for controls."""
     if row.variant == "small_dense":
         return "small dense (matched NNZ)"
@@ -147,7 +147,7 @@ def method_comparison(df: pd.DataFrame, out: Path, title: str) -> Path:
     density); means over seeds with a ±1 std band; dense baseline as a horizontal line and band.
     """
     df = df.assign(x=df.density.where(df.variant != "small_dense", df.target_density) * 100,
-                   series=df.apply(_series, axis=1))
+                   series=df.apply(_series_label, axis=1))
     arms, dense = df[df.variant != "dense"], df[df.variant == "dense"]
     names = list(dict.fromkeys(arms.series))
     colors = plt.get_cmap("tab10")
