@@ -178,9 +178,11 @@ def smoke_cfg():
 
 def _execute(base, root: Path, **overrides) -> Path:
     cfg = base.copy()
+    # no shared-stage cache: every single run trains its own dense round (an honest comparison)
+    overrides = {"cache": False, "paths.results_dir": str(root), **overrides}
     for key, value in overrides.items():
         OmegaConf.update(cfg, key, value)
-    name = ",".join(f"{k}={v}" for k, v in overrides.items())
+    name = ",".join(f"{k}={v}" for k, v in overrides.items() if k not in ("cache", "paths.results_dir"))
     return pipeline.execute(effective(cfg), root / name)
 
 
@@ -261,3 +263,17 @@ def test_compile_true_trains_like_eager_single_and_replicates():
         assert lc.masks.violations() == {}
         for a, b in zip(lc.model.parameters(), le.model.parameters()):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_lanes_reuse_a_single_runs_cached_dense_stage_and_fall_back_into_step(tmp_path, smoke_cfg, monkeypatch):
+    single = _execute(smoke_cfg, tmp_path, seed=5, cache=True)  # caches seed 5's dense stage
+    groups = []
+    real = lanes._train_group
+    monkeypatch.setattr(lanes, "_train_group", lambda reqs: groups.append([r.lane.seed for r in reqs]) or real(reqs))
+    k_dir = _execute(smoke_cfg, tmp_path, seed=4, cache=True, **{"train.replicates": 2})
+    assert groups[0] == [4]  # seed 5's dense round came from the cache; seed 4 trains its own
+    assert all(g == [4, 5] for g in groups[1:]) and len(groups) == 4  # then both lanes in step
+    got = pd.read_csv(k_dir / "summary.csv")
+    want = pd.read_csv(single / "summary.csv")
+    cols = ["round", "variant", "nonzeros", "test_acc", "early_stop_step"]
+    pd.testing.assert_frame_equal(got[got.seed == 5][cols].reset_index(drop=True), want[cols])

@@ -4,9 +4,10 @@ Any runner of ``pipeline.RUNNERS`` runs unchanged, once per seed ``seed, seed+1,
 each on its own ``Run`` ("lane") with its own sub-directory for masks and checkpoints. The lanes
 take turns in threads that hold one lock (so only one lane's Python runs at a time, and seeded
 model builds never interleave); when a lane reaches ``Run.train_arm`` it parks its request and
-hands over. Once every live lane is parked, the parked arms that match (same arm, same step
-count, same starting step) are trained together by ``replicates.train_replicates`` and each lane
-resumes with its own ``TrainResult``. Rounds therefore advance in lock-step, each lane pruning its
+hands over. Once every live lane is parked, parked arms that match (same arm, same step count,
+same starting step) are trained together by ``replicates.train_replicates`` and each lane
+resumes with its own ``TrainResult`` — one group at a time, the lanes furthest behind first, so
+lanes that got ahead (a cached stage, a resume) wait for the others and fall back into step. Rounds therefore advance in lock-step, each lane pruning its
 own trained weights with its own masks, and every row, metrics line and artefact is the one a
 single run with that seed writes.
 
@@ -113,6 +114,7 @@ class LockStep:
         self.pending: dict[int, _Request] = {}
         self.results: dict[int, TrainResult | BaseException] = {}
         self.failed = False
+        self.progress: list[Callable[[], int]] = [lambda: 0] * n  # arms a lane has finished
 
     def trainer(self, i: int) -> Callable[..., TrainResult]:
         """A drop-in for ``train.train`` that lane ``i``'s ``Run`` calls."""
@@ -145,19 +147,24 @@ class LockStep:
     def _dispatch(self) -> None:
         if not self.pending or (set(self.pending) != self.live and not self.failed):
             return
-        batch, self.pending = self.pending, {}
+        if self.failed:
+            self.results.update({i: _Aborted() for i in self.pending})
+            self.pending = {}
+            self.cv.notify_all()
+            return
         groups: dict[tuple[Any, ...], list[int]] = {}
-        for i, req in sorted(batch.items()):
+        for i, req in sorted(self.pending.items()):
             groups.setdefault(req.group_key(), []).append(i)
-        for ids in groups.values():
-            if self.failed:
-                self.results.update({i: _Aborted() for i in ids})
-                continue
-            try:
-                out = _train_group([batch[i] for i in ids])
-            except BaseException as e:  # every lane of the group reports it
-                out = [e] * len(ids)
-            self.results.update(zip(ids, out))
+        # Train one group: the lanes furthest behind (then the largest group). A lane that got
+        # ahead (its dense stage came from the cache, or it resumed further) waits parked until
+        # the others catch up, so the lanes fall back into lock-step.
+        ids = min(groups.values(), key=lambda g: (min(self.progress[i]() for i in g), -len(g), g[0]))
+        reqs = [self.pending.pop(i) for i in ids]
+        try:
+            out: list[Any] = _train_group(reqs)
+        except BaseException as e:  # every lane of the group reports it
+            out = [e] * len(ids)
+        self.results.update(zip(ids, out))
         self.cv.notify_all()
 
 
@@ -187,12 +194,14 @@ def run_lanes(run: Any, runner: Callable[[Any], None]) -> None:
     for i, seed in enumerate(seeds(run.cfg)):
         cfg = OmegaConf.create(OmegaConf.to_container(run.cfg, resolve=True))
         cfg.seed = seed
+        cfg.train.replicates = 1  # each lane is exactly the single run with its seed (cache keys too)
         lane_dir = run.dir / LANES_DIR / str(seed)
         lane = replace(run, cfg=cfg, dir=lane_dir, writer=LaneWriter(lane_dir, seed, merged), done=set(),
                        extra_state={}, train_fn=step.trainer(i))
         if lane.load_progress():
             print(f"sparse-run: resuming seed {seed} ({len(lane.done)} arms already done)")
         lanes.append(lane)
+    step.progress = [lambda lane=lane: len(lane.done) for lane in lanes]
     errors: dict[int, BaseException] = {}
 
     def body(i: int) -> None:

@@ -272,6 +272,7 @@ def train_replicates(lanes: Sequence[Lane], data: DataBundle, tcfg: Any, *, step
     base = lanes[0].model
     fwd = batched_forward(base)
     train_fwd = torch.compile(fwd) if tcfg.get("compile") else fwd  # evaluation stays eager, as in train()
+    constant_lr = tcfg.get("lr_schedule", "constant") == "constant" and not int(tcfg.get("warmup_steps", 0))
     every = int(tcfg.get("checkpoint_every") or 0)
     has_hooks = any(l.hooks for l in lanes)
     base.train()
@@ -310,7 +311,8 @@ def train_replicates(lanes: Sequence[Lane], data: DataBundle, tcfg: Any, *, step
             st.mask_grads()
             st.step()
             st.apply_masks()
-            st.sched.step()
+            if not constant_lr:  # as train(): a constant schedule's step is skipped
+                st.sched.step()
             with torch.no_grad():  # the reported loss, reduced exactly as train() reduces it
                 loss_sum += torch.stack([F.cross_entropy(out[k].detach(), target[k]) for k in range(k_lanes)])
             since_eval += 1
@@ -328,14 +330,14 @@ def train_replicates(lanes: Sequence[Lane], data: DataBundle, tcfg: Any, *, step
                     hist.append(rec)
                     if lane.on_eval:
                         lane.on_eval(rec)
-                bar.set_postfix(val_acc=f"{sum(r['val_acc'] for r in records) / k_lanes:.4f}")
+                bar.set_postfix(val_acc=f"{sum(r['val_acc'] for r in records) / k_lanes:.4f}", refresh=False)
+                bar.update(done - bar.n)
                 bad = [(lane.seed, r) for lane, r in zip(lanes, records)
                        if not (math.isfinite(r["train_loss"]) and math.isfinite(r["val_loss"]))]
                 if bad:
                     seed, rec = bad[0]
                     raise Diverged(f"loss became {rec['train_loss']} at step {done} ({desc}, seed {seed}); "
                                    "lower train.lr or check the data")
-            bar.update(1)
             captures(done)
             if every and done % every == 0 and done < steps:
                 for k, lane in enumerate(lanes):
