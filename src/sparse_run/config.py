@@ -12,6 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from . import lanes
 from .logger import KINDS as LOGGERS
 from .sparsity import CRITERIA, SCOPES
 from .sparsity import nm as nm_sel
@@ -44,6 +45,7 @@ def validate(cfg: DictConfig) -> None:
     number(t.momentum, "train.momentum", lo=0, hi=1, hi_open=True)
     choice(t.lr_schedule, "train.lr_schedule", LR_SCHEDULES)
     number(t.checkpoint_every, "train.checkpoint_every", lo=0, integer=True)
+    lanes.check_config(cfg)  # train.replicates
     b = cfg.budget
     number(b.steps_scale, "budget.steps_scale", lo=0, lo_open=True)
     if b.max_rounds is not None:

@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig
 
 from . import data as data_mod
-from . import hardware, logger as logger_mod, models, report, stages
+from . import hardware, lanes, logger as logger_mod, models, report, stages
 from .config import to_dict
 from .results import RunWriter, atomic_write_text
 from .sparsity import CRITERIA, MaskSet, ScoreContext, iterative_density, keep_top, prunable, prune_fraction, rate_scales
@@ -65,6 +65,7 @@ class Run:
     device: torch.device
     done: set[str] = field(default_factory=set)
     extra_state: dict[str, Any] = field(default_factory=dict)
+    train_fn: Callable[..., TrainResult] | None = None  # None: train.train; lanes.py: its lock-step trainer
 
     @property
     def seed(self) -> int:
@@ -139,9 +140,10 @@ class Run:
         n_steps = int(t.steps if steps is None else steps)
 
         def fit(cap: Any = capture) -> TrainResult:
-            return train(model, masks, self.data, t, steps=n_steps, eval_every=min(int(t.eval_every), n_steps),
-                         seed=int(ctx["seed"]), desc=f"round {round_} {variant}", checkpoint=checkpoint,
-                         resume=resume, on_eval=lambda rec: self.log.log_eval(rec, ctx), capture=cap, hooks=hooks)
+            fn = self.train_fn or train
+            return fn(model, masks, self.data, t, steps=n_steps, eval_every=min(int(t.eval_every), n_steps),
+                      seed=int(ctx["seed"]), desc=f"round {round_} {variant}", checkpoint=checkpoint,
+                      resume=resume, on_eval=lambda rec: self.log.log_eval(rec, ctx), capture=cap, hooks=hooks)
 
         if stage and self.cfg.get("cache", True):
             result = stages.cached(self, stage, model, masks, fit, capture)
@@ -363,7 +365,7 @@ def execute(cfg: DictConfig, run_dir: Path) -> Path:
     try:
         if run.load_progress():
             print(f"sparse-run: resuming {run_dir} ({len(run.done)} arms already done)")
-        RUNNERS[cfg.method.schedule.kind](run)
+        lanes.run_lanes(run, RUNNERS[cfg.method.schedule.kind])  # K seeds in lock-step if train.replicates=K
         hardware.measure(run)
         run.writer.flush()
         report.run_figures(run_dir)
