@@ -36,18 +36,22 @@ def main() -> None:
         if args.only and name not in args.only:
             continue
         seeds = args.seeds or ",".join(str(s) for s in entry.get("seeds", spec["seeds"]))
+        root = args.results / "paper" / name  # its own root: sweeps never mix in one report
         cmd = [cli, "--multirun", f"experiment={entry['experiment']}", f"budget={args.budget}", f"seed={seeds}",
-               f"paths.results_dir={args.results}", *entry.get("overrides", [])]
-        print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
+               f"paths.results_dir={root}", "progress=false", *entry.get("overrides", [])]
+        print(f"== {name} ({entry.get('paper', '')}): {' '.join(cmd[1:])}", flush=True)
         if subprocess.run(cmd).returncode != 0:
             failures.append(name)
-        sweep = args.results / entry["experiment"]
+        sweep = root / entry["experiment"]
         report(sweep, quiet=True)
-        for f in sorted((sweep / "report" / "figures").glob("*")):
-            if f"_{args.budget}_" in f.name:
-                out.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(f, out / f"{name}_{f.name}")
-                print(f"   → {out / f'{name}_{f.name}'}")
+        figures = sorted((sweep / "report" / "figures").glob("*"))
+        figures += sorted(p for p in sweep.glob("*/figures/*") if "accuracy_vs_density" not in p.name)
+        for f in figures:  # the sweep's aggregate figures, plus per-run ones (N:M SAD, kernel study)
+            target = out / f"{name}_{f.parent.parent.name.replace('=', '').replace(',', '_')}_{f.name}" \
+                if f.parent.parent.name != "report" else out / f"{name}_{f.name}"
+            out.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, target)
+            print(f"   → {target}")
     if failures:
         sys.exit(f"error: figures: sweeps with failed jobs: {', '.join(failures)} (see their report/table.txt)")
 

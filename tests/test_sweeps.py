@@ -61,3 +61,13 @@ def test_rerun_reuses_the_cached_dense_stage(tmp_path):
     t0 = time.perf_counter()
     third = run_cli(*args, "method.schedule.rounds=2").stdout  # the same job again: nothing to do
     assert "already complete" in third and time.perf_counter() - t0 < t_second
+
+
+def test_report_draws_speedup_vs_sparsity_from_hardware_rows(tmp_path):
+    run_cli("--multirun", *SMOKE, "hardware=cpu_sparse", "hardware.batch_sizes=[64]", "method.schedule.rounds=1,2",
+            f"paths.results_dir={tmp_path}")
+    report = tmp_path / "lottery_mnist" / "report"
+    hw = pd.read_csv(report / "hardware_all.csv")
+    model = hw[hw.scope == "model"]
+    assert sorted(model.density.round(3).unique()) == [0.641, 0.8] and model.speedup.notna().all()
+    assert (report / "figures" / "speedup_vs_sparsity.png").exists()

@@ -335,6 +335,9 @@ def execute(cfg: DictConfig, run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
+    from . import train as train_mod
+
+    train_mod.SHOW_PROGRESS = bool(cfg.get("progress", True))
     device = pick_device(cfg.device)
     cfg = data_mod.with_fallback(cfg)  # budget=smoke on absent data: synthetic stand-in, announced
     cfg_dict = to_dict(cfg)

@@ -303,22 +303,110 @@ def report(root: Path, figures: bool = True, quiet: bool = False) -> pd.DataFram
     if not quiet:
         print(text)
         print(f"report → {out}")
+    from .hardware import read_hardware
+
+    hw = read_hardware(root)
+    if len(hw):
+        hw = hw[~hw.run_dir.str.contains("/report")]
+        atomic_write_text(out / "hardware_all.csv", hw.to_csv(index=False))
     if figures:
         report_figures(df[df.status == "ok"], out / "figures")
+        if len(hw):
+            speedup_vs_sparsity(hw, out / "figures" / "speedup_vs_sparsity.png",
+                                f"{root.name}: measured speedup of the final models (budgets "
+                                f"{', '.join(sorted(hw.budget.astype(str).unique()))})")
     return df
 
 
 def report_figures(ok: pd.DataFrame, out: Path) -> list[Path]:
-    """One accuracy-vs-density figure per experiment × budget found."""
+    """Per experiment × budget: accuracy vs density (every method, or ticket vs reinit, with early-stop
+    iterations), accuracy vs non-zeros when small-dense arms exist, N:M patterns when present."""
     made = []
     for (exp, budget), sub in ok.groupby(["experiment", "budget"]):
         if "density" not in sub or sub.density.isna().all():
             continue
         title = (f"{exp} (budget {budget}): {', '.join(sorted(sub.model.unique()))} on "
                  f"{', '.join(sorted(sub.dataset.unique()))}; seeds {sorted(int(s) for s in sub.seed.unique())}")
+        stem = out / f"{exp}_{budget}"
+        if "pattern" in sub and sub.pattern.notna().any():
+            from .nm_report import accuracy_figure
+
+            made.append(accuracy_figure(sub, Path(f"{stem}_nm_accuracy.png"), title))
+            continue
         draw = method_comparison if compares_methods(sub) else accuracy_vs_density
-        made.append(draw(sub, out / f"{exp}_{budget}_accuracy_vs_density.png", title))
-    return made
+        made.append(draw(sub, Path(f"{stem}_accuracy_vs_density.png"), title))
+        if "small_dense" in set(sub.variant) and "nnz_params" in sub:
+            made.append(accuracy_vs_nnz(sub, Path(f"{stem}_accuracy_vs_nnz.png"), title))
+    return [m for m in made if m is not None]
+
+
+def accuracy_vs_nnz(df: pd.DataFrame, out: Path, title: str) -> Path:
+    """Zhu & Gupta's comparison: test accuracy vs non-zero parameters (log), large-sparse vs small-dense.
+
+    Each line is one method × variant (mean ± std over seeds per level); the dense model is a point.
+    """
+    fig, ax = plt.subplots(figsize=(6.5, 4.4))
+    colors = plt.get_cmap("tab10")
+    arms = df.assign(series=df.apply(_series_label, axis=1))
+    for i, (name, sub) in enumerate(arms[arms.variant != "dense"].groupby("series", sort=False)):
+        g = sub.assign(level=sub.target_density.round(6)).groupby("level").agg(
+            x=("nnz_params", "mean"), mu=("test_acc", "mean"), sd=("test_acc", lambda v: v.std(ddof=0)),
+            n=("test_acc", "size")).sort_values("x")
+        ax.errorbar(g.x, g.mu * 100, yerr=g.sd.fillna(0) * 100, color=colors(i % 10), marker="D" if "small" in name
+                    else "o", ms=4, capsize=3, label=f"{name} (n={int(g.n.max())})")
+    dense = df[df.variant == "dense"]
+    if len(dense):
+        ax.errorbar([dense.nnz_params.mean()], [dense.test_acc.mean() * 100],
+                    yerr=[dense.test_acc.std(ddof=0) * 100 if len(dense) > 1 else 0], color="black", marker="*",
+                    ms=10, capsize=3, ls="none", label=f"dense (n={len(dense)})")
+    ax.set_xscale("log")
+    ax.set_xlabel("non-zero parameters (weights + biases, log)")
+    ax.set_ylabel("final test accuracy (%)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, out, {"title": title, **_provenance(df)})
+
+
+def speedup_vs_sparsity(hw: pd.DataFrame, out: Path, title: str) -> Path | None:
+    """Measured whole-model speedup over dense vs % weights remaining, per target × batch size, with
+    95 % intervals, the ideal (MAC-ratio) speedup dashed, and the break-even line at 1×."""
+    rows = hw[(hw.scope == "model") & hw.speedup.notna()] if "scope" in hw else hw.iloc[0:0]
+    if rows.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.6))
+    colors = plt.get_cmap("tab10")
+    for i, ((target, batch), sub) in enumerate(rows.groupby(["hardware", "batch"])):
+        g = sub.assign(pct=sub.density * 100).groupby("pct").agg(
+            s=("speedup", "median"), lo=("speedup_lo", "median"), hi=("speedup_hi", "median"),
+            ideal=("speedup_ideal", "median")).sort_index(ascending=False)
+        c = colors(i % 10)
+        ax.errorbar(g.index, g.s, yerr=[g.s - g.lo, g.hi - g.s], color=c, marker="o", ms=4, capsize=3,
+                    label=f"{target}, batch {batch}")
+        ax.plot(g.index, g.ideal, color=c, ls=":", lw=1)
+        below, above = g[g.s < 1], g[g.s >= 1]
+        if len(below) and len(above):  # mark the first crossing of 1× (interpolated on log density)
+            import numpy as np
+
+            x0, x1 = below.index.min(), above.index.max()
+            if x1 < x0:
+                y0, y1 = np.log(g.s[x0]), np.log(g.s[x1])
+                t = -y0 / (y1 - y0)
+                xb = float(np.exp(np.log(x0) + t * (np.log(x1) - np.log(x0))))
+                ax.axvline(xb, color=c, lw=0.8, ls="--")
+                ax.annotate(f"break-even ≈{xb:.3g}%", (xb, 1.0), fontsize=7, color=c, rotation=90,
+                            va="bottom", ha="right")
+    ax.axhline(1.0, color="black", lw=1)
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}×"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if str(f"{v:g}")[0] in "25" else ""))
+    _pct_axis(ax, (rows.density * 100).tolist())
+    ax.set_ylabel("speedup over dense (×, log); dotted: ideal")
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, out, {"title": title, **_provenance(rows)})
 
 
 class ReportCallback(Callback):

@@ -94,11 +94,14 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 81
     return loss / x.shape[0], correct / x.shape[0]
 
 
+SHOW_PROGRESS = True  # the run's `progress` setting (pipeline.execute sets it); bars only on a terminal
+
+
 def _progress(total: int, desc: str, start: int) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=start, desc=desc, leave=False, dynamic_ncols=True,
-                disable=not sys.stderr.isatty(), mininterval=0.5)
+                disable=not (SHOW_PROGRESS and sys.stderr.isatty()), mininterval=0.5)
 
 
 StepHook = Callable[[int, nn.Module, MaskSet], None]
