@@ -346,7 +346,8 @@ def main() -> None:
     """``python -m sparse_run.data [DATA_DIR]``: fetch and prepare MNIST (used by ``make data``)."""
     from omegaconf import OmegaConf
 
-    data_dir = sys.argv[1] if len(sys.argv) > 1 else os.path.expanduser("~/.cache/sparse-run/data")
+    default = os.environ.get("SPARSE_RUN_DATA") or os.path.expanduser("~/.cache/sparse-run/data")  # = paths.data_dir
+    data_dir = sys.argv[1] if len(sys.argv) > 1 else default
     cfg = OmegaConf.create({"name": "mnist", "source": "mnist", "root": None, "download": True})
     try:
         print(prepare(cfg, data_dir))
