@@ -177,3 +177,18 @@ def test_bad_method_field_from_the_cli_is_one_line(tmp_path):
     proc = run_cli("method=gmp", "method.schedule.every_steps=0", f"paths.results_dir={tmp_path}", check=False)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
     assert "method.schedule.every_steps" in proc.stderr and not any(tmp_path.iterdir())
+
+
+def test_rank_orders_methods_per_level_and_seed(capsys):
+    from sparse_run.pipeline import rank_methods
+
+    rows = [{"variant": "dense", "method": "pai", "seed": 0, "target_density": 1.0, "test_acc": 0.98}]
+    for m, accs in {"random": (0.90, 0.11), "snip": (0.95, 0.57), "synflow": (0.94, 0.74)}.items():
+        for d, a in zip((0.1, 0.00316), accs):
+            rows.append({"variant": "sparse", "method": m, "seed": 0, "target_density": d, "test_acc": a})
+    rank_methods(rows)
+    ranks = {(r["method"], r["target_density"]): r["rank"] for r in rows if r["variant"] == "sparse"}
+    assert ranks[("snip", 0.1)] == 1 and ranks[("random", 0.1)] == 3
+    assert [ranks[(m, 0.00316)] for m in ("synflow", "snip", "random")] == [1, 2, 3]
+    assert "rank" not in rows[0]
+    assert "synflow 74.0 > snip 57.0 > random 11.0" in capsys.readouterr().out

@@ -309,6 +309,26 @@ RUNNERS.update({"nm": run_nm, "nm_compare": run_nm_compare})
 
 # ---------------------------------------------------------------------------------------------
 
+def rank_methods(rows: list[dict[str, Any]]) -> None:
+    """When one run compares several methods at the same levels (e.g. pai_mnist's criteria), add
+    ``rank`` (1 = best final test accuracy among the methods at that level and seed) to their rows
+    and print the ordering at the sparsest level."""
+    arms = [r for r in rows if r.get("variant") == "sparse"]
+    if len({r["method"] for r in arms}) < 2:
+        return
+    groups: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
+    for r in arms:
+        groups.setdefault((r["seed"], round(float(r["target_density"]), 6)), []).append(r)
+    for group in groups.values():
+        for i, r in enumerate(sorted(group, key=lambda r: -r["test_acc"]), start=1):
+            r["rank"] = i
+    for seed in sorted({k[0] for k in groups}):
+        level = min(k[1] for k in groups if k[0] == seed)
+        order = sorted(groups[(seed, level)], key=lambda r: r["rank"])
+        print(f"ordering at {100 * level:.3g}% weights remaining (seed {seed}): "
+              + " > ".join(f"{r['method']} {100 * r['test_acc']:.1f}" for r in order))
+
+
 def environment() -> dict[str, Any]:
     cpu = platform.processor()
     try:
@@ -369,6 +389,7 @@ def execute(cfg: DictConfig, run_dir: Path) -> Path:
         if run.load_progress():
             print(f"sparse-run: resuming {run_dir} ({len(run.done)} arms already done)")
         lanes.run_lanes(run, RUNNERS[cfg.method.schedule.kind])  # K seeds in lock-step if train.replicates=K
+        rank_methods(run.writer.rows)
         hardware.measure(run)
         run.writer.flush()
         report.run_figures(run_dir)
