@@ -27,6 +27,7 @@ def main() -> None:
     ap.add_argument("--seeds", default=None, help="comma-separated seeds (default: conf/figures.yaml)")
     ap.add_argument("--results", type=Path, default=Path("results"))
     ap.add_argument("--only", nargs="*", default=None)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per job (1 on a shared machine)")
     args = ap.parse_args()
     spec = yaml.safe_load(resources.files("sparse_run.conf").joinpath("figures.yaml").read_text())
     out = args.results / "figures"
@@ -38,7 +39,8 @@ def main() -> None:
         seeds = args.seeds or ",".join(str(s) for s in entry.get("seeds", spec["seeds"]))
         root = args.results / "paper" / name  # its own root: sweeps never mix in one report
         cmd = [cli, "--multirun", f"experiment={entry['experiment']}", f"budget={args.budget}", f"seed={seeds}",
-               f"paths.results_dir={root}", "progress=false", *entry.get("overrides", [])]
+               f"paths.results_dir={root}", "progress=false", *entry.get("overrides", []),
+               *([f"threads={args.threads}"] if args.threads else [])]
         print(f"== {name} ({entry.get('paper', '')}): {' '.join(cmd[1:])}", flush=True)
         if subprocess.run(cmd).returncode != 0:
             failures.append(name)
