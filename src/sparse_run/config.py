@@ -12,7 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from . import lanes
+from . import arms, graph_rnn, lanes
 from .logger import KINDS as LOGGERS
 from .sparsity import CRITERIA, SCOPES
 from .sparsity import nm as nm_sel
@@ -27,6 +27,7 @@ REWINDS = ("init", "step", "none")
 DEVICES = ("cpu", "cuda", "auto")
 CONTROL_VARIANTS = ("reinit", "random", "small_dense")
 SCHEDULE_KINDS += ("kernel_study",)  # hardware kernel study (experiment=hw_sparse_1x1): trains nothing
+SCHEDULE_KINDS += ("graph_rnn",)  # sparse RNNs from random graphs (experiment=rnn_random_graph_reber)
 
 
 def validate(cfg: DictConfig) -> None:
@@ -45,6 +46,10 @@ def validate(cfg: DictConfig) -> None:
     number(t.momentum, "train.momentum", lo=0, hi=1, hi_open=True)
     choice(t.lr_schedule, "train.lr_schedule", LR_SCHEDULES)
     number(t.checkpoint_every, "train.checkpoint_every", lo=0, integer=True)
+    if t.get("grad_clip") is not None:
+        number(t.grad_clip, "train.grad_clip", lo=0)
+        if t.grad_clip and int(t.get("replicates", 1) or 1) > 1:
+            raise ConfigError("train.grad_clip", f"got {t.grad_clip} with train.replicates > 1; allowed there: null")
     lanes.check_config(cfg)  # train.replicates
     b = cfg.budget
     number(b.steps_scale, "budget.steps_scale", lo=0, lo_open=True)
@@ -86,7 +91,7 @@ def validate(cfg: DictConfig) -> None:
 
 # controls each schedule kind can run, and criteria the iterative runner can score with (no data there)
 KIND_CONTROLS = {"none": (), "iterative": ("reinit", "random"), "oneshot": ("small_dense",),
-                 "at_init": ("small_dense",), "gradual": ("small_dense",), "kernel_study": (),
+                 "at_init": ("small_dense",), "gradual": ("small_dense",), "kernel_study": (), "graph_rnn": (),
                  **{kind: () for kind in nm_sel.KINDS}}
 ITERATIVE_CRITERIA = ("magnitude", "random")
 ITERATIVE_SCOPES = ("layerwise", "global")
@@ -104,6 +109,9 @@ def _fractions(values: Any, field: str, *, lo: float, hi: float, lo_open: bool, 
 def validate_method(cfg: DictConfig) -> None:
     """The method library's fields (criteria list, schedule kinds' keys, controls) — see README "Methods"."""
     m, s, steps = cfg.method, cfg.method.schedule, int(cfg.train.steps)
+    arms.validate(cfg, kinds_models=("oneshot", "graph_rnn"), kinds_policies=("oneshot",))
+    if s.kind == "graph_rnn":
+        graph_rnn.validate(cfg)
     crits = m.get("criteria")
     if crits is not None:
         if s.kind not in ("at_init", "oneshot") or not list(crits):
@@ -131,7 +139,7 @@ def validate_method(cfg: DictConfig) -> None:
             for i, r in enumerate(rewinds):
                 choice(r, f"method.schedule.rewinds[{i}]", REWINDS)
         return
-    if s.kind in ("none", "kernel_study", *nm_sel.KINDS):  # N:M kinds: nm_sel.validate above
+    if s.kind in ("none", "kernel_study", "graph_rnn", *nm_sel.KINDS):  # N:M kinds: nm_sel.validate above
         return
     choice(m.selection.pattern, f"method.selection.pattern (schedule.kind={s.kind})", MULTI_LEVEL_PATTERNS)
     given = [k for k in ("densities", "sparsities") if s.get(k) is not None]
@@ -141,13 +149,19 @@ def validate_method(cfg: DictConfig) -> None:
         keys = "densities | sparsities" + (" | final_sparsity" if s.kind == "gradual" else "")
         raise ConfigError("method.schedule", f"got {given or 'none'}; give exactly one of {keys}")
     key = given[0]
+    full = s.kind == "oneshot"  # one-shot may prune everything (100 %: the sparse-RNN thesis' end point)
     if key == "densities":
-        dens = _fractions(s.densities, "method.schedule.densities", lo=0, hi=1, lo_open=True, hi_open=False)
+        dens = _fractions(s.densities, "method.schedule.densities", lo=0, hi=1, lo_open=not full, hi_open=False)
     else:
-        spars = _fractions(s[key], f"method.schedule.{key}", lo=0, hi=1, lo_open=False, hi_open=True)
+        spars = _fractions(s[key], f"method.schedule.{key}", lo=0, hi=1, lo_open=False, hi_open=not full)
         dens = [1 - v for v in spars]
     if s.kind == "oneshot":
         number(s.finetune_steps, "method.schedule.finetune_steps", lo=1, integer=True)
+        if s.get("finetune_evals") is not None:
+            number(s.finetune_evals, "method.schedule.finetune_evals", lo=1, hi=int(s.finetune_steps), integer=True)
+        if s.get("models") is not None and "small_dense" in m.controls.variants:
+            raise ConfigError("method.controls.variants", "small_dense with method.schedule.models is not "
+                                                          "supported; allowed there: []")
     if s.kind == "gradual":
         s_i = number(s.initial_sparsity, "method.schedule.initial_sparsity", lo=0, hi=1, hi_open=True)
         if any(1 - d < s_i for d in dens):

@@ -305,6 +305,9 @@ from .nm_pipeline import run_nm, run_nm_compare  # noqa: E402  (N:M runners; the
 
 RUNNERS.update(_MULTI_LEVEL)
 RUNNERS.update({"nm": run_nm, "nm_compare": run_nm_compare})
+from .graph_rnn import run_graph_rnn  # noqa: E402  (sparse RNNs from random graphs)
+
+RUNNERS["graph_rnn"] = run_graph_rnn
 
 
 # ---------------------------------------------------------------------------------------------

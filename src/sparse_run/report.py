@@ -187,6 +187,10 @@ def run_figures(run_dir: Path) -> list[Path]:
         from .nm_report import run_figures as nm_figures
 
         return nm_figures(Path(run_dir), df, title)
+    if {"policy_arm", "graph_family"} & set(df.columns):  # sparse-RNN experiments have their own figures
+        from .rnn_report import run_figures as rnn_figures
+
+        return rnn_figures(Path(run_dir), df, title)
     out = Path(run_dir) / "figures" / "accuracy_vs_density.png"
     if compares_methods(df):
         return [method_comparison(df, out, title.replace(f"method {first.method}",

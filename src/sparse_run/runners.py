@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from omegaconf import OmegaConf
 
-from . import models
+from . import arms, models
 from .sparsity import CRITERIA, MaskSet, ScoreContext, cubic_sparsity, gradual_events, levels, rate_scales
 from .sparsity import select as select_masks
 from .sparsity.selection import targets as layer_targets
@@ -61,17 +61,19 @@ def prune_to(run: "Run", model: torch.nn.Module, masks: MaskSet, criterion: str,
     return planned
 
 
-def dense_baseline(run: "Run") -> torch.nn.Module:
-    """Round 0: the dense model from θ0, trained once (its weights are kept for one-shot pruning)."""
+def dense_baseline(run: "Run", prefix: str = "", method: str | None = None,
+                   context: dict[str, Any] | None = None) -> torch.nn.Module:
+    """Round 0: the dense model from θ0, trained once (its weights are kept for one-shot pruning).
+    ``prefix`` separates the dense arms of several model arms (key and checkpoint path)."""
     p = _pipeline()
     model = run.new_model(run.seed)
     masks = run.new_masks(model)
-    path = run.dir / "checkpoints/round_00.pt"
-    if "r0/dense" not in run.done:
-        p.record_event(run, 0, masks, {n: 1.0 for n in masks.names()}, 1.0, method=run.cfg.method.name,
+    path = run.dir / f"checkpoints/{prefix}round_00.pt"
+    if f"{prefix}r0/dense" not in run.done:
+        p.record_event(run, 0, masks, {n: 1.0 for n in masks.names()}, 1.0, method=method or run.cfg.method.name,
                        variant="dense")
-        run.train_arm("r0/dense", model, masks, 0, "dense", target_density=1.0,
-                      save_as="checkpoints/round_00.pt", stage="dense")
+        run.train_arm(f"{prefix}r0/dense", model, masks, 0, "dense", target_density=1.0, method=method,
+                      save_as=f"checkpoints/{prefix}round_00.pt", stage="dense", context=context)
     else:
         model.load_state_dict(torch.load(path, weights_only=True)["model"])
     return model
@@ -124,27 +126,49 @@ def _finish(run: "Run", model: torch.nn.Module, masks: MaskSet) -> None:
 
 def run_oneshot(run: "Run") -> None:
     """Train dense, then per level: prune the *same* trained weights once, fine-tune
-    ``finetune_steps``; ``test_acc_before_finetune`` is measured right after pruning."""
+    ``finetune_steps``; ``test_acc_before_finetune`` is measured right after pruning.
+
+    ``schedule.models`` / ``method.policies`` (``arms.py``) repeat this per model arm (one dense
+    model each) and per policy arm (which weights are prunable); ``schedule.finetune_evals`` = E
+    evaluates fine-tuning E times at equal intervals, each into a ``test_acc_ft_<k>`` column."""
     sched, method = run.cfg.method.schedule, run.cfg.method
     p = _pipeline()
-    dense = dense_baseline(run)
-    trained = {k: v.clone() for k, v in dense.state_dict().items()}
-    for crit in criteria_of(run.cfg):
-        name = crit if len(criteria_of(run.cfg)) > 1 else method.name
-        for i, density in enumerate(levels(sched)):
-            r, key = i + 1, f"{crit}/r{i + 1}/sparse"
-            if key in run.done:
-                continue
-            model = run.new_model(run.seed)
-            model.load_state_dict(trained)
-            masks = run.new_masks(model)
-            planned = prune_to(run, model, masks, crit, density, ("oneshot", crit, r))
-            p.record_event(run, r, masks, planned, density, method=name, variant="sparse")
-            run.writer.save(f"masks/{crit}/round_{r:02d}.pt", masks.state_dict())
-            _, before = evaluate(model, run.data.test_x, run.data.test_y)
-            run.train_arm(key, model, masks, r, "sparse", target_density=density, method=name,
-                          steps=int(sched.finetune_steps), extra={"test_acc_before_finetune": float(before)})
-            _finish(run, model, masks)
+    if run.cfg.get("budget_note"):
+        print(f"sparse-run: {run.cfg.name} at budget {run.cfg.budget.name}: {run.cfg.budget_note}")
+    evals = sched.get("finetune_evals")
+    ft_train = {"eval_every": -(-int(sched.finetune_steps) // int(evals))} if evals else None  # ⌈steps / E⌉
+
+    def per_eval(res: Any) -> dict[str, float]:
+        return {f"test_acc_ft_{k + 1}": h["test_acc"] for k, h in enumerate(res.history)} if evals else {}
+
+    crits = criteria_of(run.cfg)
+    for mlabel, mover in arms.model_arms(run.cfg):
+        mrun = arms.derive(run, model=mover)
+        mctx = {"model_arm": mlabel} if mlabel else {}
+        dense = dense_baseline(mrun, f"{mlabel}/" if mlabel else "", mlabel or None, mctx or None)
+        trained = {k: v.clone() for k, v in dense.state_dict().items()}
+        for plabel, pover in arms.policy_arms(run.cfg):
+            prun = arms.derive(mrun, policy=pover, train=ft_train)
+            ctx = {**mctx, **({"policy_arm": plabel} if plabel else {})}
+            arm = "/".join(x for x in (mlabel, plabel) if x)
+            for crit in crits:
+                name = "/".join(x for x in (arm, crit if len(crits) > 1 else "") if x) or method.name
+                pre = f"{arm}/{crit}" if arm else crit
+                for i, density in enumerate(levels(sched)):
+                    r, key = i + 1, f"{pre}/r{i + 1}/sparse"
+                    if key in run.done:
+                        continue
+                    model = prun.new_model(run.seed)
+                    model.load_state_dict(trained)
+                    masks = prun.new_masks(model)
+                    planned = prune_to(prun, model, masks, crit, density, ("oneshot", crit, r))
+                    p.record_event(run, r, masks, planned, density, method=name, variant="sparse")
+                    run.writer.save(f"masks/{pre}/round_{r:02d}.pt", masks.state_dict())
+                    _, before = evaluate(model, run.data.test_x, run.data.test_y)
+                    prun.train_arm(key, model, masks, r, "sparse", target_density=density, method=name,
+                                   steps=int(sched.finetune_steps), extra={"test_acc_before_finetune": float(before)},
+                                   row_extra=per_eval, context=ctx or None)
+                    _finish(run, model, masks)
     if "small_dense" in method.controls.variants:
         for i, density in enumerate(levels(sched)):
             model = run.new_model(run.seed)

@@ -152,6 +152,8 @@ def train(model: nn.Module, masks: MaskSet, data: DataBundle, tcfg: Any, *, step
                 hook.load_state_dict(hstate)
     masks.apply_()
     every = int(tcfg.get("checkpoint_every") or 0)
+    clip = float(tcfg.get("grad_clip") or 0.0)  # max global gradient norm (0 / null: off)
+    params = [q for q in model.parameters() if q.requires_grad] if clip else []
     model.train()
     t0 = time.perf_counter()
     bar = _progress(steps, desc, start)
@@ -178,6 +180,8 @@ def train(model: nn.Module, masks: MaskSet, data: DataBundle, tcfg: Any, *, step
         opt.zero_grad(set_to_none=True)
         loss.backward()
         masks.mask_grads_()
+        if clip:  # after masking: pruned weights' (zero) gradients do not count towards the norm
+            torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
         opt.step()
         masks.apply_()
         if not constant_lr:
