@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import OmegaConf
 
-from .validate import ConfigError
+from .validate import ConfigError, choice
 
 if TYPE_CHECKING:
     from .pipeline import Run
@@ -79,13 +79,16 @@ def validate(cfg: Any, kinds_models: tuple[str, ...], kinds_policies: tuple[str,
                                      f"schedule.kind in {', '.join(kinds)}")
         if not OmegaConf.is_list(raw) or not len(raw):
             raise ConfigError(field, f"got {raw!r}; allowed: a non-empty list of mappings of overrides")
-        labels = []
         for i, item in enumerate(raw):
             if not OmegaConf.is_dict(item):
                 raise ConfigError(f"{field}[{i}]", f"got {item!r}; allowed: a mapping, e.g. {{cell: gru}}")
             for key in item:
                 if key != "label" and key not in base:
                     raise ConfigError(f"{field}[{i}].{key}", f"unknown key; allowed: label, {', '.join(map(str, base))}")
+            if field.endswith("models") and base.get("arch") == "rnn" and "cell" in item:
+                from .nets.rnn import CELLS
+
+                choice(item.cell, f"{field}[{i}].cell", CELLS)
         labels = [label for label, _ in _arms(raw)]
         if len(set(labels)) != len(labels):
             raise ConfigError(field, f"got labels {labels}; each arm needs its own label")

@@ -202,8 +202,10 @@ def console_table(df: pd.DataFrame) -> str:
     """A compact table of a summary for the terminal (one line per round × variant)."""
     cols = {"round": "round", "variant": "variant", "pattern": "pattern", "density": "density %",
             "test_acc_at_early_stop": "acc@ES %", "early_stop_step": "ES step", "test_acc": "final acc %", "wall_s": "s"}
+    if "test_acc_before_finetune" in df and df.method.nunique() > 1:  # one-shot arms (e.g. cell × scope)
+        cols = {"method": "method", **cols, "test_acc_before_finetune": "before ft %"}
     t = df[[c for c in cols if c in df]].copy()
-    for c in ("density", "test_acc_at_early_stop", "test_acc"):
+    for c in ("density", "test_acc_at_early_stop", "test_acc", "test_acc_before_finetune"):
         if c in t:
             t[c] = (t[c] * 100).round(2)
     return t.rename(columns=cols).to_string(index=False)
