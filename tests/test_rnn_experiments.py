@@ -196,3 +196,18 @@ def test_cli_prints_one_line_for_a_bad_cell():
                    check=False, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "method.schedule.models[0].cell" in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,extra", [("rnn_prune_reber", []), ("rnn_prune_seq_mnist", ["dataset=synthetic_seq_mnist"]),
+                                        ("rnn_random_graph_reber", [])])
+def test_experiment_runs_at_plain_smoke(name, extra, tmp_path):
+    """``budget=smoke`` untrimmed, through the CLI (all four cells for the pruning experiments)."""
+    run_cli(f"experiment={name}", "budget=smoke", "threads=1", f"paths.results_dir={tmp_path}", *extra)
+    summary = pd.read_csv(next(tmp_path.rglob("summary.csv")))
+    assert (summary.status == "ok").all()
+    if name != "rnn_random_graph_reber":
+        assert len(summary) == 4 * (1 + 3 * 2)  # cells × (dense + scopes × levels)
+        assert (summary[summary.target_density == 0].nonzeros == 0).all()
+    else:
+        assert len(summary) == 2 * 2 and next(tmp_path.rglob("correlations.csv")).exists()

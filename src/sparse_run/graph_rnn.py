@@ -144,10 +144,13 @@ def pearson(x: list[float], y: list[float]) -> tuple[float, float]:
 
 def correlations(rows: list[dict[str, Any]], target: str = "test_acc") -> list[dict[str, Any]]:
     """Per model arm, over all families and per family: r and p of every graph property with ``target``."""
+    def text(v: Any) -> str:  # CSV round trips turn empty labels into NaN
+        return v if isinstance(v, str) else ""
+
     out = []
-    graph_rows = [r for r in rows if r.get("graph_family")]
-    for arm in dict.fromkeys(r.get("model_arm", "") for r in graph_rows):
-        mine = [r for r in graph_rows if r.get("model_arm", "") == arm]
+    graph_rows = [r for r in rows if text(r.get("graph_family"))]
+    for arm in dict.fromkeys(text(r.get("model_arm")) for r in graph_rows):
+        mine = [r for r in graph_rows if text(r.get("model_arm")) == arm]
         for fam in ("all", *dict.fromkeys(r["graph_family"] for r in mine)):
             sub = [r for r in mine if fam == "all" or r["graph_family"] == fam]
             for prop in PROPERTIES:

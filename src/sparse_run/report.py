@@ -334,6 +334,11 @@ def report_figures(ok: pd.DataFrame, out: Path) -> list[Path]:
         title = (f"{exp} (budget {budget}): {', '.join(sorted(sub.model.unique()))} on "
                  f"{', '.join(sorted(sub.dataset.unique()))}; seeds {sorted(int(s) for s in sub.seed.unique())}")
         stem = out / f"{exp}_{budget}"
+        if {"policy_arm", "graph_family"} & set(sub.dropna(axis=1, how="all").columns):  # sparse RNNs
+            from .rnn_report import aggregate_figures
+
+            made += aggregate_figures(sub, stem, title)
+            continue
         if "pattern" in sub and sub.pattern.notna().any():
             from .nm_report import accuracy_figure
 

@@ -117,3 +117,16 @@ def run_figures(run_dir: Path, df: pd.DataFrame, title: str) -> list[Path]:
         corr = pd.read_csv(run_dir / "correlations.csv")
         made.append(graph_figure(df, corr, run_dir / "figures" / "graph_rnn.png", title))
     return made
+
+
+def aggregate_figures(df: pd.DataFrame, stem: Path, title: str) -> list[Path]:
+    """The same figures over the runs of a sweep or results root (means over seeds; r over all rows)."""
+    from .graph_rnn import correlations
+
+    made = []
+    if "policy_arm" in df and df.policy_arm.notna().any():
+        made.append(prune_figure(df, Path(f"{stem}_rnn_prune.png"), title))
+    if "graph_family" in df and df.graph_family.notna().any():
+        corr = pd.DataFrame(correlations(df.to_dict("records")))
+        made.append(graph_figure(df, corr, Path(f"{stem}_graph_rnn.png"), title))
+    return made
