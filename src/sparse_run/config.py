@@ -22,12 +22,12 @@ from .sparsity.selection import PATTERNS as MULTI_LEVEL_PATTERNS
 from .train import LR_SCHEDULES, OPTIMIZERS
 from .validate import ConfigError, choice, number
 
-SCHEDULE_KINDS = ("none", "iterative", "oneshot", "at_init", "gradual", *nm_sel.KINDS)
+# one per runner in pipeline.RUNNERS; kernel_study (hw_sparse_1x1) and graph_rnn (rnn_random_graph_reber)
+# are runners of their own experiments
+SCHEDULE_KINDS = ("none", "iterative", "oneshot", "at_init", "gradual", *nm_sel.KINDS, "kernel_study", "graph_rnn")
 REWINDS = ("init", "step", "none")
 DEVICES = ("cpu", "cuda", "auto")
 CONTROL_VARIANTS = ("reinit", "random", "small_dense")
-SCHEDULE_KINDS += ("kernel_study",)  # hardware kernel study (experiment=hw_sparse_1x1): trains nothing
-SCHEDULE_KINDS += ("graph_rnn",)  # sparse RNNs from random graphs (experiment=rnn_random_graph_reber)
 
 
 def validate(cfg: DictConfig) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -124,6 +125,16 @@ def convert(model: nn.Module, masks: dict[str, torch.Tensor], execution: str, *,
     return Converted(out, status)
 
 
+def forward_with_hooks(model: nn.Module, x: torch.Tensor, handles: list[Any]) -> None:
+    """One no-grad forward pass with temporary hooks (``handles``), removed whatever happens."""
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def layer_macs(model: nn.Module, masks: dict[str, torch.Tensor], x: torch.Tensor) -> dict[str, tuple[int, int]]:
     """Multiply-adds per Linear / Conv layer for input ``x``: (dense, counting only kept weights)."""
     found: dict[str, tuple[int, int]] = {}
@@ -137,10 +148,5 @@ def layer_macs(model: nn.Module, masks: dict[str, torch.Tensor], x: torch.Tensor
                 nnz = kept.get(name, m.weight.numel())
                 found[name] = (int(dense), int(dense * nnz // m.weight.numel()))
             hooks.append(mod.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
+    forward_with_hooks(model, x, hooks)
     return found

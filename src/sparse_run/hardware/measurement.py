@@ -14,7 +14,7 @@ from torch import nn
 
 from ..sparsity.patterns import is_nm
 from . import slim as slim_mod
-from .execute import convert, layer_macs, module_of
+from .execute import convert, forward_with_hooks, layer_macs, module_of
 from .formats import bytes_2of4, bytes_bsr, bytes_csr, bytes_dense
 from .timing import Protocol, peak_bytes, speedup, time_rounds
 
@@ -75,12 +75,7 @@ def _inputs(model: nn.Module, paths: list[str], x: torch.Tensor) -> dict[str, to
     got: dict[str, torch.Tensor] = {}
     hooks = [model.get_submodule(p).register_forward_pre_hook(lambda m, a, p=p: got.__setitem__(p, a[0].detach()))
              for p in paths]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
+    forward_with_hooks(model, x, hooks)
     return got
 
 
