@@ -33,7 +33,8 @@ from torch import nn
 
 from .data import DataBundle
 from .sparsity.masks import MaskSet
-from .train import Diverged, StepHook, TrainResult, _progress, make_lr_schedule, make_optimizer
+from .train import (Diverged, LeanStep, StepHook, TrainResult, _progress, make_lr_schedule, make_optimizer,
+                    zero_pruned_state)
 from .validate import ConfigError
 
 # Optimizers whose update of an element depends only on that element's own history: stacking
@@ -162,6 +163,7 @@ class _Stack:
         self.refresh_masks(force=True)
         # lane-major, each lane in named_parameters order: lane k's i-th tensor is index k * P + i
         self.opt = make_optimizer([p for own in self._own for p in own.values()], tcfg)
+        self._step = LeanStep(self.opt)
         self._by_name = [[own[n] for own in self._own] for n in names]
         self.sched = make_lr_schedule(self.opt, tcfg, steps)
 
@@ -204,7 +206,7 @@ class _Stack:
             grads = self.params[n].grad.unbind(0)
             for p, g in zip(own, grads):
                 p.grad = g
-        self.opt.step()
+        self._step()
 
     def zero_grad(self) -> None:
         for p in self.params.values():
@@ -268,6 +270,8 @@ def train_replicates(lanes: Sequence[Lane], data: DataBundle, tcfg: Any, *, step
     st = _Stack(lanes, names, tcfg, steps)
     if resumed[0] is not None:
         st.load_lane_optimizer_states([r["optimizer"] for r in resumed])
+        for l in lanes:
+            zero_pruned_state(st.opt, l.masks)
         st.sched.load_state_dict(resumed[0]["scheduler"])
     base = lanes[0].model
     fwd = batched_forward(base)
@@ -310,7 +314,8 @@ def train_replicates(lanes: Sequence[Lane], data: DataBundle, tcfg: Any, *, step
             losses.view(k_lanes, batch).mean(1).sum().backward()  # lane k's gradient: d(its mean loss)
             st.mask_grads()
             st.step()
-            st.apply_masks()
+            if has_hooks:  # as train(): re-mask weights only when a hook may change the masks
+                st.apply_masks()
             if not constant_lr:  # as train(): a constant schedule's step is skipped
                 st.sched.step()
             with torch.no_grad():  # the reported loss, reduced exactly as train() reduces it
@@ -323,7 +328,8 @@ def train_replicates(lanes: Sequence[Lane], data: DataBundle, tcfg: Any, *, step
                         hook(done, lane.model, lane.masks)
                 st.refresh_masks()
             if done % eval_every == 0 or done == steps:
-                records = _eval_records(fwd, st.params, base, data, done, loss_sum / since_eval)
+                records = _eval_records(fwd, st.params, base, data, done, loss_sum / since_eval,
+                                        torch.stack([l.masks.stray_weights() for l in lanes]))
                 loss_sum.zero_()
                 since_eval = 0
                 for lane, hist, rec in zip(lanes, histories, records):
@@ -373,7 +379,7 @@ def _evaluate(fwd: Forward, params: dict[str, torch.Tensor], x: torch.Tensor, y:
 
 
 def _eval_records(fwd: Forward, params: dict[str, torch.Tensor], module: nn.Module, data: DataBundle, step: int,
-                  train_loss: torch.Tensor) -> list[dict[str, float]]:
+                  train_loss: torch.Tensor, stray: torch.Tensor) -> list[dict[str, float]]:
     detached = {n: p.detach() for n, p in params.items()}
     module.eval()  # the vmap path runs the module itself (dropout / norm layers see eval mode)
     try:
@@ -381,5 +387,8 @@ def _eval_records(fwd: Forward, params: dict[str, torch.Tensor], module: nn.Modu
         _, test_acc = _evaluate(fwd, detached, data.test_x, data.test_y)
     finally:
         module.train()
-    rows = torch.stack([train_loss, val_loss, val_acc, test_acc], 1).tolist()  # the one host sync
+    rows = torch.stack([train_loss, val_loss, val_acc, test_acc, stray.float()], 1).tolist()  # the one host sync
+    if any(r[4] for r in rows):
+        raise RuntimeError(f"pruned weights are nonzero at step {step} (per replicate: {[int(r[4]) for r in rows]}): "
+                           "mask enforcement is broken")
     return [{"step": step, "train_loss": r[0], "val_loss": r[1], "val_acc": r[2], "test_acc": r[3]} for r in rows]

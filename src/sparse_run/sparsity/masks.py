@@ -1,8 +1,9 @@
 """Binary masks kept beside the parameters they gate.
 
 Masks are not folded into the weights: the training loop zeroes masked gradients before each
-optimizer step and re-applies the masks after it, so pruned weights stay exactly zero under any
-optimizer (momentum, Adam moments, weight decay) and the invariant can be checked at any time.
+optimizer step, so optimizer state never builds on a pruned weight and it stays exactly zero under
+any optimizer here (momentum, Adam moments, weight decay); after a mid-run mask change it also
+re-applies the masks after each step. ``stray_weights`` checks the invariant at any time.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ class MaskSet:
         self.masks = masks if masks is not None else {
             n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()}
         self._fmasks: list[torch.Tensor] | None = None
+        self._active: tuple[list[nn.Parameter], list[torch.Tensor]] | None = None
 
     # -- structure ------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -46,7 +48,7 @@ class MaskSet:
         """Replace the masks (after a pruning event) and zero the newly pruned weights."""
         assert set(masks) == set(self.params), "masks must cover exactly the prunable parameters"
         self.masks = {n: m.to(dtype=torch.bool, device=self.params[n].device) for n, m in masks.items()}
-        self._fmasks = None
+        self._fmasks = self._active = None
         self.apply_()
 
     def clone_masks(self) -> dict[str, torch.Tensor]:
@@ -58,18 +60,40 @@ class MaskSet:
             self._fmasks = [self.masks[n].to(p.dtype) for n, p in self.params.items()]
         return self._fmasks
 
+    def _pruned(self) -> tuple[list[nn.Parameter], list[torch.Tensor]]:
+        """The parameters that have pruned entries, with their float masks (all-ones masks, e.g.
+        the dense round, cost nothing per step). One host sync per mask change."""
+        if self._active is None:
+            keep = [i for i, m in enumerate(self.masks.values()) if not bool(m.all())]
+            params, fmasks = list(self.params.values()), self._float_masks()
+            self._active = ([params[i] for i in keep], [fmasks[i] for i in keep])
+        return self._active
+
     @torch.no_grad()
     def apply_(self) -> None:
         """Zero the pruned weights in place."""
-        if self.params:
-            torch._foreach_mul_([p.data for p in self.params.values()], self._float_masks())
+        params, fmasks = self._pruned()
+        if params:
+            torch._foreach_mul_([p.data for p in params], fmasks)
 
     @torch.no_grad()
     def mask_grads_(self) -> None:
         """Zero the pruned weights' gradients so optimizer state never builds on them."""
-        grads = [p.grad for p in self.params.values()]
-        if grads and all(g is not None for g in grads):
-            torch._foreach_mul_(grads, self._float_masks())
+        params, fmasks = self._pruned()
+        grads = [p.grad for p in params]
+        if all(g is not None for g in grads):
+            if grads:
+                torch._foreach_mul_(grads, fmasks)
+        else:  # a parameter the forward pass did not use has no gradient; mask the rest
+            pairs = [(g, m) for g, m in zip(grads, fmasks) if g is not None]
+            if pairs:
+                torch._foreach_mul_([g for g, _ in pairs], [m for _, m in pairs])
+
+    @torch.no_grad()
+    def stray_weights(self) -> torch.Tensor:
+        """Number of pruned weights that are not exactly zero, as a device tensor (no host sync)."""
+        counts = [((p != 0) & ~m).sum() for _, p, m in self]
+        return torch.stack(counts).sum() if counts else torch.zeros((), dtype=torch.long)
 
     # -- accounting -----------------------------------------------------------------------
     def numel(self) -> int:
