@@ -9,6 +9,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from sparse_run import onednn
 from sparse_run.data import DataBundle
 from sparse_run.sparsity.masks import MaskSet
 from sparse_run.train import LeanStep, make_optimizer, train, zero_pruned_state
@@ -125,3 +126,61 @@ def test_mask_grads_masks_present_gradients_when_one_is_missing():
     first.grad, second.grad = torch.ones_like(first), None
     masks.mask_grads_()
     assert torch.equal(first.grad, masks.masks["0.weight"].float())
+
+
+# -- oneDNN Linear (train.linear_kernel) ------------------------------------------------------------
+
+needs_onednn = pytest.mark.skipif(not onednn.available(), reason="PyTorch built without oneDNN")
+
+
+@needs_onednn
+@pytest.mark.parametrize("shape", [(60, 784), (4, 15, 784)])
+def test_onednn_linear_matches_aten_values_and_gradients(shape):
+    torch.manual_seed(0)
+    layer = nn.Linear(784, 300)
+    x = torch.randn(*shape, requires_grad=True)
+    ref_out = layer(x)
+    ref_grads = torch.autograd.grad(ref_out.pow(2).sum(), [x, layer.weight, layer.bias])
+    with onednn.use_onednn(layer):
+        assert "forward" in layer.__dict__
+        out = layer(x)
+        grads = torch.autograd.grad(out.pow(2).sum(), [x, layer.weight, layer.bias])
+    assert "forward" not in layer.__dict__  # restored on exit
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-4)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-3)
+
+
+@needs_onednn
+def test_onednn_leaves_small_layers_and_own_forwards_alone():
+    net = nn.Sequential(nn.Linear(784, 300), nn.Linear(300, 100), nn.Linear(784, 300))
+    net[2].forward = lambda x: x  # e.g. an N:M STE layer
+    with onednn.use_onednn(net):
+        assert "forward" in net[0].__dict__ and "forward" not in net[1].__dict__
+        assert net[2](torch.ones(1)).item() == 1.0
+    assert "forward" in net[2].__dict__ and "forward" not in net[0].__dict__
+
+
+@needs_onednn
+def test_train_with_onednn_learns_like_aten_and_keeps_masks():
+    accs = {}
+    for kind in ("aten", "auto"):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(12, 6000), nn.ReLU(), nn.Linear(6000, 4))  # 72k weights: oneDNN
+        masks = _masks(model, density=0.2)
+        tcfg = OmegaConf.create({"optimizer": "adam", "lr": 1e-3, "batch_size": 20, "linear_kernel": kind})
+        accs[kind] = train(model, masks, _data(), tcfg, steps=40, eval_every=20, seed=0).final_val_acc
+        masks.check()
+        assert all("forward" not in m.__dict__ for m in model.modules())
+    assert accs["auto"] == pytest.approx(accs["aten"], abs=0.05)
+
+
+def test_onednn_on_cuda_is_a_one_line_config_error():
+    from conftest import compose_cfg
+    from sparse_run.config import validate
+    from sparse_run.validate import ConfigError
+
+    with pytest.raises(ConfigError, match="train.linear_kernel"):
+        validate(compose_cfg("experiment=lottery_mnist", "device=cuda", "train.linear_kernel=onednn"))
+    with pytest.raises(ConfigError, match="train.linear_kernel: .*auto"):
+        validate(compose_cfg("experiment=lottery_mnist", "train.linear_kernel=mkl"))

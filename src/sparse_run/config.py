@@ -19,6 +19,7 @@ from .sparsity import nm as nm_sel
 from .sparsity.patterns import PATTERNS
 from .sparsity.patterns import validate_method as validate_pattern
 from .sparsity.selection import PATTERNS as MULTI_LEVEL_PATTERNS
+from .onednn import KERNELS
 from .train import LR_SCHEDULES, OPTIMIZERS
 from .validate import ConfigError, choice, number
 
@@ -45,6 +46,9 @@ def validate(cfg: DictConfig) -> None:
     number(t.weight_decay, "train.weight_decay", lo=0)
     number(t.momentum, "train.momentum", lo=0, hi=1, hi_open=True)
     choice(t.lr_schedule, "train.lr_schedule", LR_SCHEDULES)
+    choice(t.get("linear_kernel", "auto"), "train.linear_kernel", KERNELS)
+    if t.get("linear_kernel") == "onednn" and (cfg.device == "cuda" or t.get("compile")):
+        raise ConfigError("train.linear_kernel", "onednn runs on CPU without train.compile; use auto or aten")
     number(t.checkpoint_every, "train.checkpoint_every", lo=0, integer=True)
     if t.get("grad_clip") is not None:
         number(t.grad_clip, "train.grad_clip", lo=0)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import onednn
 from .data import DataBundle
 from .sparsity.masks import MaskSet
 from .validate import ConfigError, choice
@@ -198,8 +199,19 @@ def train(model: nn.Module, masks: MaskSet, data: DataBundle, tcfg: Any, *, step
     ``load_state_dict`` is carried through checkpoints. ``checkpoint``
     receives the full loop state every ``train.checkpoint_every`` steps; passing that state back as
     ``resume`` continues bit-for-bit. ``capture=(k, fn)`` hands ``fn`` the same state at step ``k``
-    (late rewinding keeps it as the point survivors return to).
+    (late rewinding keeps it as the point survivors return to). On CPU, ``train.linear_kernel``
+    (default ``auto``) runs the ``nn.Linear`` layers through oneDNN (see ``onednn``).
     """
+    fast = onednn.resolve(str(tcfg.get("linear_kernel", "auto")), data.train_x.device, bool(tcfg.get("compile")))
+    with onednn.use_onednn(model, fast):
+        return _train(model, masks, data, tcfg, steps=steps, eval_every=eval_every, seed=seed, desc=desc,
+                      hooks=hooks, on_eval=on_eval, checkpoint=checkpoint, resume=resume, capture=capture)
+
+
+def _train(model: nn.Module, masks: MaskSet, data: DataBundle, tcfg: Any, *, steps: int, eval_every: int,
+           seed: int, desc: str, hooks: list[StepHook] | None, on_eval: Callable[[dict[str, float]], None] | None,
+           checkpoint: Callable[[dict[str, Any]], None] | None, resume: dict[str, Any] | None,
+           capture: tuple[int, Callable[[dict[str, Any]], None]] | None) -> TrainResult:
     device = data.train_x.device
     batch = int(tcfg.batch_size)
     n = data.train_x.shape[0]
