@@ -7,7 +7,8 @@ Same model (LeNet-300-100), data (MNIST, 55k training examples), batch size (60)
 rotates every round), reporting medians:
 
 (a) sparse-run's loop (``train.train``) with a 20 %-density mask (the LTH case), so its mask
-    enforcement is part of what is timed;
+    enforcement is part of what is timed; also with ``train.linear_kernel=aten`` (PyTorch's own
+    CPU matmuls instead of oneDNN), to separate the loop from the kernel;
 (b) a minimal hand-written loop: tensors in memory, randperm, slice, step;
 (c) the loop older runners use: a torchvision-style ``Dataset`` that turns each sample into a PIL
     image and runs ``ToTensor`` + ``Normalize`` on it (what ``torchvision.datasets.MNIST`` does),
@@ -35,6 +36,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
 
 from sparse_run import data as data_mod
 from sparse_run import models
@@ -62,11 +64,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def sparse_run_loop(cfg, data, steps: int) -> float:
-    """(a) seconds for ``steps`` steps of ``train.train`` (one evaluation at the end)."""
+def sparse_run_loop(cfg, data, steps: int, linear_kernel: str | None = None) -> float:
+    """(a) seconds for ``steps`` steps of ``train.train`` (one evaluation at the end); ``linear_kernel``
+    overrides ``train.linear_kernel`` (the default config's is ``auto``)."""
     model, masks = _sparse_lane(cfg, data, 0)
+    tcfg = cfg.train if linear_kernel is None else OmegaConf.merge(cfg.train, {"linear_kernel": linear_kernel})
     t0 = time.perf_counter()
-    train(model, masks, data, cfg.train, steps=steps, eval_every=steps, seed=0, desc="bench")
+    train(model, masks, data, tcfg, steps=steps, eval_every=steps, seed=0, desc="bench")
     _sync(data.train_x.device)
     return time.perf_counter() - t0
 
@@ -187,6 +191,7 @@ def main() -> None:
     k_steps = args.replicate_steps
     jobs: dict[str, Callable[[], float]] = {
         "sparse_run": lambda: sparse_run_loop(cfg, data, steps) * per_epoch / steps,
+        "sparse_run_aten": lambda: sparse_run_loop(cfg, data, steps, "aten") * per_epoch / steps,
         "lean": lambda: lean_loop(cfg, data, steps) * per_epoch / steps,
         "dataloader": lambda: dataloader_loop(cfg, data, steps, loader) * per_epoch / steps,
         "replicates_1": lambda: replicates_loop(cfg, data, k_steps, 1),
@@ -205,11 +210,13 @@ def main() -> None:
     med = {name: statistics.median(v) for name, v in times.items()}
     out = {
         "sparse_run_s_per_epoch": med["sparse_run"], "lean_s_per_epoch": med["lean"],
-        "dataloader_s_per_epoch": med["dataloader"],
+        "dataloader_s_per_epoch": med["dataloader"], "sparse_run_aten_s_per_epoch": med["sparse_run_aten"],
         "replicates_1_s": med["replicates_1"], "replicates_5_s": med["replicates_5"],
         "ratio_sparse_run_over_lean": med["sparse_run"] / med["lean"],
         "ratio_dataloader_over_sparse_run": med["dataloader"] / med["sparse_run"],
         "ratio_replicates_5_over_1": med["replicates_5"] / med["replicates_1"],
+        "ratio_sparse_run_aten_over_lean": med["sparse_run_aten"] / med["lean"],
+        "ratio_dataloader_over_sparse_run_aten": med["dataloader"] / med["sparse_run_aten"],
         "replicates_5_speedup_vs_5_runs": 5 * med["replicates_1"] / med["replicates_5"],
         "targets": {"ratio_sparse_run_over_lean": "<= 1.15", "ratio_dataloader_over_sparse_run": ">= 5",
                     "ratio_replicates_5_over_1": "<= 2 (GPU)"},
@@ -222,9 +229,11 @@ def main() -> None:
     tmp.write_text(json.dumps(out, indent=2))
     os.replace(tmp, args.json)
     print(f"(a) sparse-run loop: {med['sparse_run']:.2f} s/epoch | (b) hand-written: {med['lean']:.2f} s/epoch | "
-          f"(c) DataLoader: {med['dataloader']:.2f} s/epoch\n"
+          f"(c) DataLoader: {med['dataloader']:.2f} s/epoch | (a) with train.linear_kernel=aten: "
+          f"{med['sparse_run_aten']:.2f} s/epoch\n"
           f"(a)/(b) {out['ratio_sparse_run_over_lean']:.3f} (target <= 1.15) | "
-          f"(c)/(a) {out['ratio_dataloader_over_sparse_run']:.2f} (target >= 5)\n"
+          f"(c)/(a) {out['ratio_dataloader_over_sparse_run']:.2f} (target >= 5) | with aten: "
+          f"(a)/(b) {out['ratio_sparse_run_aten_over_lean']:.3f}, (c)/(a) {out['ratio_dataloader_over_sparse_run_aten']:.2f}\n"
           f"replicates, {k_steps} steps: K=1 {med['replicates_1']:.2f} s | K=5 {med['replicates_5']:.2f} s | "
           f"K=5/K=1 {out['ratio_replicates_5_over_1']:.2f} (GPU target <= 2) | "
           f"{out['replicates_5_speedup_vs_5_runs']:.2f}x the throughput of 5 separate runs")

@@ -22,9 +22,6 @@ from sparse_run.validate import ConfigError
 
 SPEC = DataSpec("toy", (1, 28, 28), 10)
 TOL = {"rtol": 1e-5, "atol": 1e-6}  # on CPU the lanes are bit-identical; this leaves room for other BLAS
-# Replicates run ATen's batched kernels; single runs use the same ones with train.linear_kernel=aten
-# (the default, auto, sends large CPU Linear layers through oneDNN: equal only in distribution).
-ATEN = "train.linear_kernel=aten"
 
 
 def toy_data(n: int = 600) -> DataBundle:
@@ -44,7 +41,7 @@ def lenet_lane(seed: int, policy, density: float = 0.3) -> tuple[nn.Module, Mask
 
 
 def tcfg(**kw):
-    t = compose_cfg("experiment=lottery_mnist", ATEN).train.copy()
+    t = compose_cfg("experiment=lottery_mnist").train.copy()
     t.update(batch_size=20, **kw)
     return t
 
@@ -176,7 +173,7 @@ def test_replicates_validation_is_one_line_and_before_work():
 @pytest.fixture(scope="module")
 def smoke_cfg():
     return compose_cfg("experiment=lottery_mnist", "budget=smoke", "threads=1", "progress=false",
-                       "train.steps=5000", ATEN)  # smoke scale: 20 steps per arm, rounds 0-2, reinit control at 2
+                       "train.steps=5000")  # smoke scale: 20 steps per arm, rounds 0-2, reinit control at 2
 
 
 def _execute(base, root: Path, **overrides) -> Path:
@@ -239,7 +236,7 @@ def test_three_replicates_report_what_three_single_runs_report(tmp_path, smoke_c
 
 
 def test_dense_schedule_with_replicates(tmp_path):
-    base = compose_cfg("method=dense", "budget=smoke", "threads=1", "progress=false", "train.steps=5000", ATEN)
+    base = compose_cfg("method=dense", "budget=smoke", "threads=1", "progress=false", "train.steps=5000")
     k_dir = _execute(base, tmp_path, seed=1, **{"train.replicates": 2})
     singles = [_execute(base, tmp_path, seed=s) for s in (1, 2)]
     _compare(k_dir, singles, [1, 2], rounds=0)

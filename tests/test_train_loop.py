@@ -12,7 +12,7 @@ from torch import nn
 from sparse_run import onednn
 from sparse_run.data import DataBundle
 from sparse_run.sparsity.masks import MaskSet
-from sparse_run.train import LeanStep, make_optimizer, train, zero_pruned_state
+from sparse_run.train import LeanStep, make_lr_schedule, make_optimizer, train, zero_pruned_state
 
 
 def _net(seed: int = 0) -> nn.Module:
@@ -43,13 +43,17 @@ def test_lean_step_is_bit_identical_to_optimizer_step(optimizer, wd):
     o_ref, o_lean = make_optimizer(list(ref.parameters()), tcfg), make_optimizer(list(lean.parameters()), tcfg)
     step = LeanStep(o_lean)
     assert step.fast
+    # a changing learning rate (warmup then cosine) must reach the kernel each step
+    warm = OmegaConf.create({"lr_schedule": "cosine", "warmup_steps": 5})
+    scheds = [make_lr_schedule(o, warm, 25) for o in (o_ref, o_lean)]
     gen = torch.Generator().manual_seed(0)
     for i in range(25):
         x = torch.randn(8, 12, generator=gen)
-        for model, opt, do_step in ((ref, o_ref, o_ref.step), (lean, o_lean, step)):
+        for model, opt, do_step, sched in ((ref, o_ref, o_ref.step, scheds[0]), (lean, o_lean, step, scheds[1])):
             opt.zero_grad(set_to_none=True)
             model(x).pow(2).mean().backward()
             do_step()
+            sched.step()
         if i == 10:  # a checkpoint round trip swaps the state tensors: LeanStep must follow
             o_lean.load_state_dict(copy.deepcopy(o_lean.state_dict()))
     for a, b in zip(ref.parameters(), lean.parameters()):

@@ -52,6 +52,26 @@ class _LinearFn(torch.autograd.Function):
         return gx, gw, gb
 
 
+class BatchedLinearFn(torch.autograd.Function):
+    """K stacked layers (``h`` [K, N, in], ``w`` [K, out, in], ``b`` [K, out]), one oneDNN call per
+    lane: the very calls ``_LinearFn`` makes in a single run, so ``train.replicates`` lanes stay
+    bit-for-bit equal to single runs."""
+
+    @staticmethod
+    def forward(ctx: Any, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(h, w)
+        return torch.stack([torch.ops.mkldnn._linear_pointwise(h[k], w[k], b[k], "none", [], "")
+                            for k in range(w.shape[0])])
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        h, w = ctx.saved_tensors
+        k_lanes = range(w.shape[0])
+        gh = torch.stack([_mm_t(g[k], w[k].t()) for k in k_lanes]) if ctx.needs_input_grad[0] else None
+        gw = torch.stack([_mm_t(g[k].t(), h[k].t()) for k in k_lanes])
+        return gh, gw, g.sum(1)
+
+
 def _forward(mod: nn.Linear) -> Any:
     def forward(x: torch.Tensor) -> torch.Tensor:
         w = mod.weight

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import onednn
 from .data import DataBundle
 from .sparsity.masks import MaskSet
 from .train import (Diverged, LeanStep, StepHook, TrainResult, _progress, make_lr_schedule, make_optimizer,
@@ -105,19 +106,22 @@ class _BatchedLinear(torch.autograd.Function):
         return gh, torch.bmm(g.transpose(1, 2), h), g.sum(1)
 
 
-def _mlp_forward(model: nn.Module) -> Forward | None:
-    """``baddbmm`` per layer for ``models.MLP`` (no vmap overhead: what small layers need)."""
+def _mlp_forward(model: nn.Module, fast: bool) -> Forward | None:
+    """``baddbmm`` per layer for ``models.MLP`` (no vmap overhead: what small layers need); with
+    ``fast``, the layers a single run sends through oneDNN go through it here too, lane by lane."""
     from .models import MLP
 
     if type(model) is not MLP:
         return None
     layers = [f"hidden.{i}" for i in range(len(model.hidden))] + ["out"]
+    kernels = [onednn.BatchedLinearFn if fast and model.get_submodule(name).weight.numel() >= onednn.MIN_WEIGHTS
+               else _BatchedLinear for name in layers]
 
     def fwd(params: dict[str, torch.Tensor], x: torch.Tensor, shared: bool) -> torch.Tensor:
         k = params[f"{layers[0]}.weight"].shape[0]
         h = x.flatten(1).expand(k, -1, -1) if shared else x.flatten(2)
-        for i, name in enumerate(layers):
-            h = _BatchedLinear.apply(h, params[f"{name}.weight"], params[f"{name}.bias"])
+        for i, (name, kernel) in enumerate(zip(layers, kernels)):
+            h = kernel.apply(h, params[f"{name}.weight"], params[f"{name}.bias"])
             if i < len(layers) - 1:
                 h = torch.relu(h)
         return h
@@ -140,8 +144,11 @@ def _vmap_forward(model: nn.Module) -> Forward:
     return fwd
 
 
-def batched_forward(model: nn.Module) -> Forward:
-    return _mlp_forward(model) or _vmap_forward(model)
+def batched_forward(model: nn.Module, fast: bool = False) -> Forward:
+    """The lanes' forward pass. ``fast`` (``train.linear_kernel`` resolved to oneDNN) applies to MLPs;
+    other architectures run ATen's kernels under ``vmap`` (equal to single runs with
+    ``train.linear_kernel=aten``)."""
+    return _mlp_forward(model, fast) or _vmap_forward(model)
 
 
 # -- the vectorised trainer ---------------------------------------------------------------------
@@ -274,7 +281,8 @@ def train_replicates(lanes: Sequence[Lane], data: DataBundle, tcfg: Any, *, step
             zero_pruned_state(st.opt, l.masks)
         st.sched.load_state_dict(resumed[0]["scheduler"])
     base = lanes[0].model
-    fwd = batched_forward(base)
+    fast = onednn.resolve(str(tcfg.get("linear_kernel", "auto")), device, bool(tcfg.get("compile")))
+    fwd = batched_forward(base, fast)
     train_fwd = torch.compile(fwd) if tcfg.get("compile") else fwd  # evaluation stays eager, as in train()
     constant_lr = tcfg.get("lr_schedule", "constant") == "constant" and not int(tcfg.get("warmup_steps", 0))
     every = int(tcfg.get("checkpoint_every") or 0)
