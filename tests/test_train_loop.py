@@ -156,6 +156,19 @@ def test_onednn_linear_matches_aten_values_and_gradients(shape):
 
 
 @needs_onednn
+def test_a_copy_made_inside_the_block_uses_its_own_weights():
+    layer = nn.Linear(784, 300)
+    x = torch.randn(5, 784)
+    with onednn.use_onednn(layer):
+        twin = copy.deepcopy(layer)
+        with torch.no_grad():
+            twin.weight.zero_()
+            twin.bias.fill_(1.0)
+        assert torch.equal(twin(x), torch.ones(5, 300))
+        assert not torch.equal(layer(x), torch.ones(5, 300))
+
+
+@needs_onednn
 def test_onednn_leaves_small_layers_and_own_forwards_alone():
     net = nn.Sequential(nn.Linear(784, 300), nn.Linear(300, 100), nn.Linear(784, 300))
     net[2].forward = lambda x: x  # e.g. an N:M STE layer

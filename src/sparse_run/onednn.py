@@ -14,6 +14,7 @@ the training loop, not where a criterion needs double backward (GraSP runs outsi
 """
 from __future__ import annotations
 
+import types
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -72,15 +73,15 @@ class BatchedLinearFn(torch.autograd.Function):
         return gh, gw, g.sum(1)
 
 
-def _forward(mod: nn.Linear) -> Any:
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        w = mod.weight
-        if x.dtype != torch.float32 or w.dtype != torch.float32 or x.device.type != "cpu":
-            return nn.functional.linear(x, w, mod.bias)
-        lead = x.shape[:-1]
-        out = _LinearFn.apply(x.reshape(-1, x.shape[-1]), w, mod.bias)
-        return out.reshape(*lead, out.shape[-1])
-    return forward
+def _forward(mod: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``nn.Linear.forward`` through oneDNN (bound to the module as a method, so a deepcopy made
+    inside the block computes with the copy's own weights)."""
+    w = mod.weight
+    if x.dtype != torch.float32 or w.dtype != torch.float32 or x.device.type != "cpu":
+        return nn.functional.linear(x, w, mod.bias)
+    lead = x.shape[:-1]
+    out = _LinearFn.apply(x.reshape(-1, x.shape[-1]), w, mod.bias)
+    return out.reshape(*lead, out.shape[-1])
 
 
 def resolve(kind: str, device: torch.device, compiled: bool) -> bool:
@@ -103,7 +104,7 @@ def use_onednn(model: nn.Module, enabled: bool = True) -> Iterator[None]:
     patched = [m for m in model.modules() if type(m) is nn.Linear and "forward" not in m.__dict__
                and m.weight.numel() >= MIN_WEIGHTS] if enabled else []
     for m in patched:
-        m.forward = _forward(m)
+        m.forward = types.MethodType(_forward, m)
     try:
         yield
     finally:
