@@ -33,6 +33,10 @@ def test_cpu_sparse_run_writes_hardware_csv_with_speedup_and_verdict(sparse_run_
     model = df[df.scope == "model"]
     assert (model.density.round(2) == 0.8).all()  # one round of 20 %: far from any break-even
     assert (model.speedup_ideal > 1).all() and (model.weight_bytes_csr > model.weight_bytes_dense).all()
+    # the dense baseline is the faster of ATen's and oneDNN's kernels, and the row says which
+    assert set(df.dense_kernel) <= {"aten", "onednn"}
+    fastest = df[["t_dense_aten_ms", "t_dense_onednn_ms"]].min(axis=1)
+    assert ((df.t_dense_ms - fastest).abs() < 1e-9).all()
     meta = json.loads((sparse_run_dir / "hardware.json").read_text())
     assert meta["environment"]["threads"] == 1 and meta["environment"]["cpu"] and meta["environment"]["torch"]
     assert (sparse_run_dir / "figures" / "hardware.png").stat().st_size > 10_000
@@ -119,6 +123,7 @@ def test_hw_sparse_1x1_smoke_writes_breakeven_table_and_figure(tmp_path):
     size = ok.pattern.map({"unstructured": 1, "block4x4": 16})
     expected = ((ok.c_in * ok.c_out / size * (1 - ok.sparsity)).round() * size).astype(int)
     assert (ok.nonzeros == expected).all()  # exact counts, in whole blocks
+    assert ((ok.t_dense_ms - ok[["t_dense_aten_ms", "t_dense_onednn_ms"]].min(axis=1)).abs() < 1e-9).all()
     assert len(be) == 3 * 3  # (2 shapes + network sum) × (csr unstructured, csr block, bsr block)
     assert "break-even" in proc.stdout
     assert (run / "figures" / "speedup_vs_sparsity.png").stat().st_size > 10_000

@@ -80,7 +80,11 @@ def _forward(mod: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     if x.dtype != torch.float32 or w.dtype != torch.float32 or x.device.type != "cpu":
         return nn.functional.linear(x, w, mod.bias)
     lead = x.shape[:-1]
-    out = _LinearFn.apply(x.reshape(-1, x.shape[-1]), w, mod.bias)
+    x2 = x.reshape(-1, x.shape[-1])
+    if torch.is_grad_enabled():
+        out = _LinearFn.apply(x2, w, mod.bias)
+    else:  # evaluation / inference timing: the bare kernel
+        out = torch.ops.mkldnn._linear_pointwise(x2, w, mod.bias, "none", [], "")
     return out.reshape(*lead, out.shape[-1])
 
 
@@ -98,13 +102,24 @@ def resolve(kind: str, device: torch.device, compiled: bool) -> bool:
     return ok
 
 
+def patch(mod: nn.Linear) -> None:
+    """Send this layer through oneDNN from now on (an instance ``forward``; ``del mod.forward`` undoes it)."""
+    mod.forward = types.MethodType(_forward, mod)
+
+
+def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` (float32, CPU) through oneDNN."""
+    return _mm_t(a, b.t())
+
+
 @contextmanager
-def use_onednn(model: nn.Module, enabled: bool = True) -> Iterator[None]:
-    """Within the block, the model's plain ``nn.Linear`` layers compute through oneDNN."""
+def use_onednn(model: nn.Module, enabled: bool = True, min_weights: int = MIN_WEIGHTS) -> Iterator[None]:
+    """Within the block, the model's plain ``nn.Linear`` layers of at least ``min_weights`` weights
+    compute through oneDNN."""
     patched = [m for m in model.modules() if type(m) is nn.Linear and "forward" not in m.__dict__
-               and m.weight.numel() >= MIN_WEIGHTS] if enabled else []
+               and m.weight.numel() >= min_weights] if enabled else []
     for m in patched:
-        m.forward = types.MethodType(_forward, m)
+        patch(m)
     try:
         yield
     finally:

@@ -21,15 +21,16 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .. import onednn
 from ..results import atomic_write_text, rows_to_csv
 from ..sparsity.patterns import expand_blocks, pool_blocks
 from ..sparsity.selection import keep_top
 from .env import environment
 from .formats import to_csr
-from .timing import Protocol, speedup, time_rounds
+from .timing import Protocol, best_dense, speedup, time_rounds
 
 COLUMNS = ["shape_label", "c_in", "c_out", "hw", "count", "pattern", "backend", "sparsity", "achieved_sparsity",
-           "nonzeros", "t_dense_ms", "t_sparse_ms", "speedup", "speedup_lo", "speedup_hi", "verdict", "threads",
+           "nonzeros", "t_dense_ms", "t_sparse_ms", "dense_kernel", "t_dense_aten_ms", "t_dense_onednn_ms", "speedup", "speedup_lo", "speedup_hi", "verdict", "threads",
            "rounds", "status"]
 BREAKEVEN_COLUMNS = ["shape_label", "c_in", "c_out", "hw", "pattern", "backend", "breakeven_sparsity",
                      "first_faster_sparsity", "speedup_at_min", "speedup_at_max", "note"]
@@ -93,6 +94,7 @@ def run_study(run: Any) -> None:
     rows: list[dict[str, Any]] = []
     per_round: dict[tuple, dict[str, list[np.ndarray]]] = {}
     threads = torch.get_num_threads()
+    use_dnn = onednn.available()
     for c_in, c_out, hw, count in ks["shapes"]:
         label = f"{c_in}→{c_out} @{hw}²" + (f" ×{count}" if count > 1 else "")
         x = torch.randn(c_in, hw * hw, generator=gen)
@@ -108,13 +110,17 @@ def run_study(run: Any) -> None:
                     if isinstance(sw, str):
                         rows.append({**base, "verdict": "not available", "status": sw})
                         continue
-                    t = time_rounds({"dense": lambda: torch.mm(w, x), "sparse": lambda: torch.sparse.mm(sw, x)}, proto)
-                    sp = speedup(t["dense"], t["sparse"], proto)
-                    rows.append({**base, "t_dense_ms": 1e3 * float(np.median(t["dense"])),
+                    contenders = {"dense": lambda: torch.mm(w, x), "sparse": lambda: torch.sparse.mm(sw, x)}
+                    if use_dnn:  # the dense baseline is the faster of MKL's and oneDNN's GEMM
+                        contenders["dense_onednn"] = lambda: onednn.mm(w, x)
+                    t = time_rounds(contenders, proto)
+                    _, t_dense, cols = best_dense(t)
+                    sp = speedup(t_dense, t["sparse"], proto)
+                    rows.append({**base, **cols, "t_dense_ms": 1e3 * float(np.median(t_dense)),
                                  "t_sparse_ms": 1e3 * float(np.median(t["sparse"])), "speedup": sp.median,
                                  "speedup_lo": sp.lo, "speedup_hi": sp.hi, "verdict": sp.verdict, "status": "ok"})
                     acc = per_round.setdefault((pattern, backend, float(s)), {"dense": [], "sparse": []})
-                    acc["dense"].append(count * t["dense"])
+                    acc["dense"].append(count * t_dense)
                     acc["sparse"].append(count * t["sparse"])
         print(f"sparse-run: kernel study {label} done", flush=True)
     n_convs = sum(int(sh[3]) for sh in ks["shapes"])

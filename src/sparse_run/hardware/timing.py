@@ -154,3 +154,12 @@ def peak_bytes(fn: Callable[[], object], cuda: bool = False) -> int:
             out = fn()
         del out
         return int(mode.peak)
+
+
+def best_dense(t: dict[str, np.ndarray], aten: str = "dense", dnn: str = "dense_onednn") -> tuple[str, np.ndarray, dict]:
+    """The faster dense contender (by median), its samples, and both medians for the row."""
+    med = {k: float(np.median(t[k])) for k in (aten, dnn) if k in t}
+    kind = "onednn" if dnn in med and med[dnn] < med[aten] else "aten"
+    cols = {"t_dense_aten_ms": 1e3 * med[aten], "t_dense_onednn_ms": 1e3 * med.get(dnn, float("nan")),
+            "dense_kernel": kind}
+    return kind, t[dnn if kind == "onednn" else aten], cols
