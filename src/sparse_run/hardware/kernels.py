@@ -144,8 +144,9 @@ def run_study(run: Any) -> None:
         indent=2, default=str))
     from .figures import kernel_figure
 
+    dense = "fastest of MKL / oneDNN" if use_dnn else "ATen"
     title = (f"{cfg.name}: MobileNet-v1 1x1 convs at 224², batch 1, {threads} thread(s), {proto.rounds} rounds, "
-             f"budget {cfg.budget.name} ({note}); load avg {env.get('load_avg', ['?'])[0]:.2f}")
+             f"budget {cfg.budget.name} ({note}); dense GEMM: {dense}; load avg {env.get('load_avg', ['?'])[0]:.2f}")
     kernel_figure(df[df.status == "ok"], be, run.dir / "figures" / "speedup_vs_sparsity.png", title)
     print(format_breakeven(be))
 
