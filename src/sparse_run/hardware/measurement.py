@@ -122,11 +122,12 @@ def measure_model(model: nn.Module, masks: dict[str, torch.Tensor], hw: Any, sam
     rows: list[dict[str, Any]] = []
     # The dense baseline is the faster of ATen's kernels and oneDNN's: on AMD CPUs MKL takes its AVX2
     # path and oneDNN's dense GEMM is up to 2.4x faster, which would otherwise flatter the target.
-    twin = copy.deepcopy(dense) if tgt.available and _onednn_ok(tgt) else None
-    with onednn.use_onednn(twin if twin is not None else dense, enabled=twin is not None, min_weights=0):
-        for b in [int(v) for v in hw.batch_sizes]:
-            rows.extend(_rows_at_batch(b, sample, tgt, dense, twin, hw, paths, per_layer, macs, tbytes, proto, sync,
-                                       base, macs_dense, macs_sparse, other_bytes, cuda))
+    # The target's own dense Linear layers (slim: all of them) get the same choice.
+    twin = _onednn_twin(dense) if tgt.available and _onednn_ok(tgt) else None
+    ttwin = _onednn_twin(tgt.model) if twin is not None else None
+    for b in [int(v) for v in hw.batch_sizes]:
+        rows.extend(_rows_at_batch(b, sample, tgt, dense, twin, ttwin, hw, paths, per_layer, macs, tbytes, proto,
+                                   sync, base, macs_dense, macs_sparse, other_bytes, cuda))
     for r in rows:
         r.pop("t_chan_ms", None)
     return rows, {"layer_status": tgt.status}
@@ -136,7 +137,25 @@ def _onednn_ok(tgt: Target) -> bool:
     return tgt.device.type == "cpu" and tgt.dtype == torch.float32 and onednn.available()
 
 
-def _rows_at_batch(b: int, sample: torch.Tensor, tgt: Target, dense: nn.Module, twin: nn.Module | None, hw: Any,
+def _onednn_twin(model: nn.Module) -> nn.Module | None:
+    """A copy whose every plain Linear layer runs through oneDNN (None: it has none)."""
+    if not any(type(m) is nn.Linear for m in model.modules()):
+        return None
+    twin = copy.deepcopy(model)
+    for m in twin.modules():
+        if type(m) is nn.Linear:
+            onednn.patch(m)
+    return twin
+
+
+def _faster(t: dict[str, np.ndarray], key: str) -> np.ndarray:
+    """``key``'s samples, or its oneDNN twin's when that is faster by median."""
+    alt = t.get(f"{key}_onednn")
+    return alt if alt is not None and np.median(alt) < np.median(t[key]) else t[key]
+
+
+def _rows_at_batch(b: int, sample: torch.Tensor, tgt: Target, dense: nn.Module, twin: nn.Module | None,
+                   ttwin: nn.Module | None, hw: Any,
                    paths: list[str], per_layer: dict[str, dict], macs: dict[str, tuple[int, int]],
                    tbytes: dict[str, float], proto: Protocol, sync: Callable[[], None], base: dict[str, Any],
                    macs_dense: int, macs_sparse: int, other_bytes: int, cuda: bool) -> list[dict[str, Any]]:
@@ -145,7 +164,7 @@ def _rows_at_batch(b: int, sample: torch.Tensor, tgt: Target, dense: nn.Module, 
     x = _batch(sample, b).to(device=tgt.device, dtype=tgt.dtype if tgt.available else torch.float32)
     layer_rows = []
     if hw.get("layers", True):
-        layer_rows = _layer_rows(dense, twin, tgt, paths, per_layer, macs, tbytes, x, b, proto, sync, base)
+        layer_rows = _layer_rows(dense, twin, ttwin, tgt, paths, per_layer, macs, tbytes, x, b, proto, sync, base)
     row = {**base, "scope": "model", "layer": "model", "shape": "", "batch": b,
            "density": sum(r["nonzeros"] for r in per_layer.values()) / sum(r["numel"] for r in per_layer.values()),
            "nonzeros": sum(r["nonzeros"] for r in per_layer.values()),
@@ -162,11 +181,14 @@ def _rows_at_batch(b: int, sample: torch.Tensor, tgt: Target, dense: nn.Module, 
         contenders = {"dense": lambda: dense(x), "target": lambda: tgt.model(x)}
         if twin is not None:
             contenders["dense_onednn"] = lambda: twin(x)
+        if ttwin is not None:
+            contenders["target_onednn"] = lambda: ttwin(x)
         t = time_rounds(contenders, proto, sync)
         _, t_dense, cols = best_dense(t)
-        sp = speedup(t_dense, t["target"], proto)
+        t_target = _faster(t, "target")
+        sp = speedup(t_dense, t_target, proto)
         row.update(**cols, t_dense_ms=1e3 * float(np.median(t_dense)),
-                   t_target_ms=1e3 * float(np.median(t["target"])),
+                   t_target_ms=1e3 * float(np.median(t_target)),
                    speedup=sp.median, speedup_lo=sp.lo, speedup_hi=sp.hi, verdict=sp.verdict,
                    peak_mem_dense=row["weight_bytes_dense"] + peak_bytes(lambda: dense(x), cuda),
                    peak_mem_target=row["weight_bytes_target"] + peak_bytes(lambda: tgt.model(x), cuda),
@@ -193,7 +215,8 @@ def _target_bytes(execution: str, tgt: Target, per_layer: dict[str, dict], masks
     return out
 
 
-def _layer_rows(dense: nn.Module, twin: nn.Module | None, tgt: Target, paths: list[str], per_layer: dict[str, dict],
+def _layer_rows(dense: nn.Module, twin: nn.Module | None, ttwin: nn.Module | None, tgt: Target, paths: list[str],
+                per_layer: dict[str, dict],
                 macs: dict[str, tuple[int, int]], tbytes: dict[str, float], x: torch.Tensor, b: int,
                 proto: Protocol, sync: Callable[[], None], base: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
@@ -213,20 +236,23 @@ def _layer_rows(dense: nn.Module, twin: nn.Module | None, tgt: Target, paths: li
         xi = d_in[p]
         tl, ti = tgt.model.get_submodule(p), t_in[p]
         contenders = {"dense": lambda: layer(xi), "channel": lambda: chan(xi), "target": lambda: tl(ti)}
-        if twin is not None:  # oneDNN for the dense layer and its channel-pruned equivalent alike
+        if twin is not None:  # oneDNN for the dense layer, its channel-pruned equivalent and the target alike
             layer_dnn, chan_dnn = twin.get_submodule(p), copy.deepcopy(chan)
             contenders["dense_onednn"] = lambda: layer_dnn(xi)
             if type(chan_dnn) is nn.Linear:
                 onednn.patch(chan_dnn)
                 contenders["channel_onednn"] = lambda: chan_dnn(xi)
+            tl_dnn = ttwin.get_submodule(p) if ttwin is not None else None
+            if type(tl_dnn) is nn.Linear:
+                contenders["target_onednn"] = lambda: tl_dnn(ti)
         t = time_rounds(contenders, proto, sync)
         _, t_dense, cols = best_dense(t)
-        _, t_chan, _ = best_dense(t, "channel", "channel_onednn")
+        t_chan, t_target = _faster(t, "channel"), _faster(t, "target")
         ch = speedup(t_dense, t_chan, proto)
         row.update(**cols, speedup_channel_equiv=ch.median, t_dense_ms=1e3 * float(np.median(t_dense)),
                    t_chan_ms=1e3 * float(np.median(t_chan)))
-        sp = speedup(t_dense, t["target"], proto)
-        row.update(t_target_ms=1e3 * float(np.median(t["target"])), speedup=sp.median, speedup_lo=sp.lo,
+        sp = speedup(t_dense, t_target, proto)
+        row.update(t_target_ms=1e3 * float(np.median(t_target)), speedup=sp.median, speedup_lo=sp.lo,
                    speedup_hi=sp.hi, verdict=sp.verdict, status="ok" if status.startswith("ok") else "dense_fallback",
                    note="" if status == "ok" else status)
         rows.append(row)
