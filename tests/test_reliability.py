@@ -118,6 +118,8 @@ BAD = [
     (["logger=carrier_pigeon"], "logger", "csv, wandb"),
     (["dataset.root=/etc/hostname"], "dataset.root", "readable directory"),
     (["train.lrr=1"], "", "lrr"),
+    (["train.linear_kernel=mkl"], "train.linear_kernel", "auto, onednn, aten"),
+    (["device=cuda", "train.linear_kernel=onednn"], "train.linear_kernel", "use auto or aten"),
 ]
 
 
