@@ -84,6 +84,14 @@ def _evaluate_like_train(model: torch.nn.Module, data) -> list[float]:
                         (out_t.argmax(1) == data.test_y).float().mean()]).tolist()
 
 
+def _plain_step(model: torch.nn.Module, opt: torch.optim.Optimizer, xb: torch.Tensor, yb: torch.Tensor) -> None:
+    """The textbook step both reference loops take (unfused Adam, as written by hand)."""
+    loss = F.cross_entropy(model(xb), yb)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
 def lean_loop(cfg, data, steps: int) -> float:
     """(b) What a researcher writes by hand: tensors in memory, randperm, slice, step."""
     model = models.build(cfg.model, data.spec, seed=0).to(data.train_x.device)
@@ -96,10 +104,7 @@ def lean_loop(cfg, data, steps: int) -> float:
         perm = torch.randperm(n, device=x.device)
         for i in range(0, n - bs + 1, bs):
             idx = perm[i:i + bs]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            _plain_step(model, opt, x[idx], y[idx])
             done += 1
             if done == steps:
                 break
@@ -143,11 +148,7 @@ def dataloader_loop(cfg, data, steps: int, loader: torch.utils.data.DataLoader) 
     done = 0
     while done < steps:
         for xb, yb in loader:
-            xb, yb = xb.to(device), yb.to(device)
-            loss = F.cross_entropy(model(xb), yb)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            _plain_step(model, opt, xb.to(device), yb.to(device))
             done += 1
             if done == steps:
                 break

@@ -16,6 +16,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from .report import save_png  # noqa: E402
+
 METHODS = {"oneshot": ("tab:orange", "s", "one-shot + fine-tune"), "ste": ("tab:blue", "o", "STE"),
            "srste": ("tab:green", "^", "SR-STE"), "bdwp": ("tab:red", "D", "BDWP")}
 
@@ -72,10 +74,7 @@ def accuracy_figure(df: pd.DataFrame, out: Path, title: str) -> Path | None:
     axes[0].legend(fontsize=8, loc="lower left")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return save_png(fig, out)
 
 
 def sad_figure(metrics: pd.DataFrame, out: Path, title: str) -> Path | None:
@@ -117,10 +116,7 @@ def sad_figure(metrics: pd.DataFrame, out: Path, title: str) -> Path | None:
     axes[2].legend(fontsize=7, loc="lower left")
     fig.suptitle(title + "  (dashed: STE, solid: SR-STE)", fontsize=10)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return save_png(fig, out)
 
 
 def run_figures(run_dir: Path, df: pd.DataFrame, title: str) -> list[Path]:

@@ -21,6 +21,8 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from .validate import ConfigError
+
 KERNELS = ("auto", "onednn", "aten")
 # oneDNN's fixed cost per call (~10 us) outweighs its gain on small layers: measured at batch 60,
 # 784x300 runs 1.6-1.8x faster, 300x100 breaks even and 100x10 is 3x slower. Smaller layers keep ATen.
@@ -95,8 +97,6 @@ def resolve(kind: str, device: torch.device, compiled: bool) -> bool:
         return False
     ok = device.type == "cpu" and available() and not compiled
     if kind == "onednn" and not ok:
-        from .validate import ConfigError
-
         raise ConfigError("train.linear_kernel", "onednn needs a CPU device, a PyTorch build with oneDNN and "
                           "train.compile=false; use auto or aten")
     return ok
@@ -113,11 +113,11 @@ def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 @contextmanager
-def use_onednn(model: nn.Module, enabled: bool = True, min_weights: int = MIN_WEIGHTS) -> Iterator[None]:
-    """Within the block, the model's plain ``nn.Linear`` layers of at least ``min_weights`` weights
+def use_onednn(model: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Within the block, the model's plain ``nn.Linear`` layers of at least ``MIN_WEIGHTS`` weights
     compute through oneDNN."""
     patched = [m for m in model.modules() if type(m) is nn.Linear and "forward" not in m.__dict__
-               and m.weight.numel() >= min_weights] if enabled else []
+               and m.weight.numel() >= MIN_WEIGHTS] if enabled else []
     for m in patched:
         patch(m)
     try:

@@ -112,6 +112,15 @@ def _provenance(df: pd.DataFrame) -> dict[str, Any]:
     return info
 
 
+def save_png(fig: plt.Figure, out: Path, dpi: int = 120) -> Path:
+    """Write ``fig`` as a PNG (creating the folder) and close it."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi)
+    plt.close(fig)
+    return out
+
+
 def save_figure(fig: plt.Figure, out: Path, meta: dict[str, Any]) -> Path:
     """PNG + PDF + a sidecar JSON recording budget, seeds, source runs and the code's commit."""
     from .pipeline import _git_commit

@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from ..report import save_png  # noqa: E402
+
 
 def hardware_figure(csv: Path, out: Path) -> Path:
     """One panel per batch size: measured speedup (median, CI bar), ideal and channel-pruned speedups."""
@@ -45,10 +47,7 @@ def hardware_figure(csv: Path, out: Path) -> Path:
                  f"({first['device']}, {int(first['threads'])} thread(s), {first['dtype']}); verdict by the CI",
                  fontsize=9)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_png(fig, out, dpi=110)
 
 
 def kernel_figure(df: pd.DataFrame, breakeven: pd.DataFrame, out: Path, title: str) -> Path:
@@ -86,7 +85,4 @@ def kernel_figure(df: pd.DataFrame, breakeven: pd.DataFrame, out: Path, title: s
     axes[0][0].legend(fontsize=6, loc="upper left", title="C_in→C_out @HW", title_fontsize=6)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_png(fig, out, dpi=110)

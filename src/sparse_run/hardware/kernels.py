@@ -114,7 +114,7 @@ def run_study(run: Any) -> None:
                     if use_dnn:  # the dense baseline is the faster of MKL's and oneDNN's GEMM
                         contenders["dense_onednn"] = lambda: onednn.mm(w, x)
                     t = time_rounds(contenders, proto)
-                    _, t_dense, cols = best_dense(t)
+                    t_dense, cols = best_dense(t)
                     sp = speedup(t_dense, t["sparse"], proto)
                     rows.append({**base, **cols, "t_dense_ms": 1e3 * float(np.median(t_dense)),
                                  "t_sparse_ms": 1e3 * float(np.median(t["sparse"])), "speedup": sp.median,

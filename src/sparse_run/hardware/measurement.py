@@ -17,7 +17,7 @@ from ..sparsity.patterns import is_nm
 from . import slim as slim_mod
 from .execute import convert, forward_with_hooks, layer_macs, module_of
 from .formats import bytes_2of4, bytes_bsr, bytes_csr, bytes_dense
-from .timing import Protocol, best_dense, peak_bytes, speedup, time_rounds
+from .timing import Protocol, best_dense, faster, peak_bytes, speedup, time_rounds
 
 COLUMNS = ["experiment", "method", "model", "dataset", "seed", "budget", "hardware", "execution", "device", "dtype",
            "threads", "scope", "layer", "shape", "batch", "density", "nonzeros", "numel", "macs_dense", "macs_sparse",
@@ -148,12 +148,6 @@ def _onednn_twin(model: nn.Module) -> nn.Module | None:
     return twin
 
 
-def _faster(t: dict[str, np.ndarray], key: str) -> np.ndarray:
-    """``key``'s samples, or its oneDNN twin's when that is faster by median."""
-    alt = t.get(f"{key}_onednn")
-    return alt if alt is not None and np.median(alt) < np.median(t[key]) else t[key]
-
-
 def _rows_at_batch(b: int, sample: torch.Tensor, tgt: Target, dense: nn.Module, twin: nn.Module | None,
                    ttwin: nn.Module | None, hw: Any,
                    paths: list[str], per_layer: dict[str, dict], macs: dict[str, tuple[int, int]],
@@ -184,8 +178,8 @@ def _rows_at_batch(b: int, sample: torch.Tensor, tgt: Target, dense: nn.Module, 
         if ttwin is not None:
             contenders["target_onednn"] = lambda: ttwin(x)
         t = time_rounds(contenders, proto, sync)
-        _, t_dense, cols = best_dense(t)
-        t_target = _faster(t, "target")
+        t_dense, cols = best_dense(t)
+        _, t_target = faster(t, "target")
         sp = speedup(t_dense, t_target, proto)
         row.update(**cols, t_dense_ms=1e3 * float(np.median(t_dense)),
                    t_target_ms=1e3 * float(np.median(t_target)),
@@ -246,8 +240,8 @@ def _layer_rows(dense: nn.Module, twin: nn.Module | None, ttwin: nn.Module | Non
             if type(tl_dnn) is nn.Linear:
                 contenders["target_onednn"] = lambda: tl_dnn(ti)
         t = time_rounds(contenders, proto, sync)
-        _, t_dense, cols = best_dense(t)
-        t_chan, t_target = _faster(t, "channel"), _faster(t, "target")
+        t_dense, cols = best_dense(t)
+        (_, t_chan), (_, t_target) = faster(t, "channel"), faster(t, "target")
         ch = speedup(t_dense, t_chan, proto)
         row.update(**cols, speedup_channel_equiv=ch.median, t_dense_ms=1e3 * float(np.median(t_dense)),
                    t_chan_ms=1e3 * float(np.median(t_chan)))

@@ -156,10 +156,18 @@ def peak_bytes(fn: Callable[[], object], cuda: bool = False) -> int:
         return int(mode.peak)
 
 
-def best_dense(t: dict[str, np.ndarray], aten: str = "dense", dnn: str = "dense_onednn") -> tuple[str, np.ndarray, dict]:
-    """The faster dense contender (by median), its samples, and both medians for the row."""
-    med = {k: float(np.median(t[k])) for k in (aten, dnn) if k in t}
-    kind = "onednn" if dnn in med and med[dnn] < med[aten] else "aten"
-    cols = {"t_dense_aten_ms": 1e3 * med[aten], "t_dense_onednn_ms": 1e3 * med.get(dnn, float("nan")),
-            "dense_kernel": kind}
-    return kind, t[dnn if kind == "onednn" else aten], cols
+def faster(t: dict[str, np.ndarray], key: str) -> tuple[str, np.ndarray]:
+    """``key``'s samples, or those of its ``<key>_onednn`` contender when that is faster by median;
+    with which kernel won (``aten`` / ``onednn``)."""
+    alt = t.get(f"{key}_onednn")
+    if alt is not None and np.median(alt) < np.median(t[key]):
+        return "onednn", alt
+    return "aten", t[key]
+
+
+def best_dense(t: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, float | str]]:
+    """The faster dense contender's samples, and the row's ``dense_kernel`` / per-kernel medians."""
+    kind, samples = faster(t, "dense")
+    alt = t.get("dense_onednn")
+    return samples, {"dense_kernel": kind, "t_dense_aten_ms": 1e3 * float(np.median(t["dense"])),
+                     "t_dense_onednn_ms": 1e3 * float(np.median(alt)) if alt is not None else float("nan")}

@@ -80,14 +80,10 @@ class MaskSet:
     def mask_grads_(self) -> None:
         """Zero the pruned weights' gradients so optimizer state never builds on them."""
         params, fmasks = self._pruned()
-        grads = [p.grad for p in params]
-        if all(g is not None for g in grads):
-            if grads:
-                torch._foreach_mul_(grads, fmasks)
-        else:  # a parameter the forward pass did not use has no gradient; mask the rest
-            pairs = [(g, m) for g, m in zip(grads, fmasks) if g is not None]
-            if pairs:
-                torch._foreach_mul_([g for g, _ in pairs], [m for _, m in pairs])
+        # a parameter the forward pass did not use has no gradient; the others are masked anyway
+        grads = [(p.grad, m) for p, m in zip(params, fmasks) if p.grad is not None]
+        if grads:
+            torch._foreach_mul_([g for g, _ in grads], [m for _, m in grads])
 
     @torch.no_grad()
     def stray_weights(self) -> torch.Tensor:
