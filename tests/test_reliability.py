@@ -50,12 +50,14 @@ def test_sigkill_mid_round_then_rerun_equals_uninterrupted(tmp_path):
     target = None
     while time.time() < deadline and proc.poll() is None:
         dirs = list((killed / "lottery_mnist").glob("*/checkpoints/inflight.pt")) if killed.exists() else []
-        if dirs:
-            inflight = torch.load(dirs[0], weights_only=False)
-            if inflight["arm"] != "r0/dense":  # mid-round, after at least one pruning event
-                target = dirs[0].parent.parent
-                break
-        time.sleep(0.05)
+        try:  # an arm that finishes removes its inflight checkpoint between the glob and the load
+            inflight = torch.load(dirs[0], weights_only=False) if dirs else None
+        except FileNotFoundError:
+            inflight = None
+        if inflight is not None and inflight["arm"] != "r0/dense":  # mid-round, after a pruning event
+            target = dirs[0].parent.parent
+            break
+        time.sleep(0.01)
     assert proc.poll() is None, "the run finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
