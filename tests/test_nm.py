@@ -11,11 +11,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import compose_cfg, run_cli
+from sparse_run import export as export_mod
 from sparse_run.config import effective
 from sparse_run.data import DataBundle, DataSpec
+from sparse_run.hardware.formats import decode_2of4, encode_2of4
 from sparse_run.sparsity import MaskSet
 from sparse_run.sparsity import flops as fl
-from sparse_run.hardware.formats import decode_2of4, encode_2of4
 from sparse_run.sparsity.nm import group_counts, keep_count, nm_mask, tail
 from sparse_run.sparsity.patterns import is_nm
 from sparse_run.sparsity.ste import BDWPFunction, NMTraining, bdwp_backward_mask
@@ -271,8 +272,6 @@ def test_2of4_codec_round_trips_a_conv_weight_with_a_partial_channel_group():
 
 
 def test_nm_trained_lenet5_exports_to_2of4_and_round_trips(tmp_path):
-    from sparse_run import export as export_mod
-
     run_cli("method=nm", "model=lenet5", "dataset=mnist", "budget=smoke", "threads=1",
             f"paths.results_dir={tmp_path}", env={"OMP_NUM_THREADS": "1"})
     run = next(p for p in tmp_path.rglob("final.pt")).parents[1]
