@@ -111,7 +111,7 @@ def convert(model: nn.Module, masks: dict[str, torch.Tensor], execution: str, *,
                                           bsr.values(), bsr.shape, check_invariants=False)
             set_module(out, path, SparseMatmulLayer(layer, bsr))
         elif execution == "semi_structured":
-            if not is_nm(mask, 2, 4):
+            if not is_nm(mask, 2, 4, strict=True):
                 status[path] = "not_2of4: mask has a group of four with more than two kept weights"
                 continue
             try:

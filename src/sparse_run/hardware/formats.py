@@ -3,9 +3,10 @@
 Byte counts are what each format must store for one 2-D weight: dense values; CSR values +
 column indices + row pointers; BSR block values + block column indices + block-row pointers;
 2:4 semi-structured half the values (fp16/bf16) + a 2-bit position per kept value.
-The 2:4 codec stores kept values and their positions (0–3) within each group of four inputs as
-plain tensors, so a 2:4 export can be written and checked on any machine; only executing it
-needs cuSPARSELt (``to_sparse_semi_structured``, CUDA).
+The 2:4 codec stores kept values and their positions (0–3) within each group of four inputs (conv:
+four input channels, NHWC, as N:M selection groups them) as plain tensors, so a 2:4 export can be
+written and checked on any machine; only executing it needs cuSPARSELt (``to_sparse_semi_structured``,
+CUDA).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import warnings
 
 import torch
 
+from ..sparsity.nm import padded_groups, ungroup_rows
 from ..sparsity.patterns import as_matrix, is_nm
 
 
@@ -63,28 +65,31 @@ def csr_from_parts(parts: dict[str, torch.Tensor], shape: tuple[int, int]) -> to
 # -- 2:4 -----------------------------------------------------------------------------------------
 
 def encode_2of4(w: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Kept values ``[rows, cols/2]`` and their uint8 positions within each group of four.
+    """Kept values ``[rows, groups·2]`` and their uint8 positions within each group of four.
 
-    Groups with fewer than two non-zeros store explicit zeros at the lowest free positions.
+    Groups are N:M's (``nm.group_rows``): a Linear's inputs, a conv's input channels in NHWC order
+    (rows = out·kh·kw), the last group zero-padded when the axis is not a multiple of four. Groups
+    with fewer than two non-zeros store explicit zeros at the lowest free positions.
     """
-    mat = as_matrix(w).detach()
-    if not is_nm(mat != 0, 2, 4):
-        raise ValueError("weight is not 2:4 (a group of four inputs has more than two non-zeros, or cols % 4 != 0)")
-    g = mat.reshape(mat.shape[0], -1, 4)
+    w = w.detach()
+    if not is_nm(w != 0, 2, 4):
+        raise ValueError("weight is not 2:4 (a group of four inputs / input channels has more than two non-zeros)")
+    g = padded_groups(w, 4)
     # non-zeros first (stable by position), then the first two positions of each group
     key = (g == 0).to(torch.int8) * 4 + torch.arange(4, dtype=torch.int8)
     pos = torch.sort(key, dim=-1, stable=True).indices[..., :2].sort(dim=-1).values
     vals = torch.gather(g, -1, pos)
-    return {"values": vals.reshape(mat.shape[0], -1).contiguous(),
-            "positions": pos.to(torch.uint8).reshape(mat.shape[0], -1).contiguous()}
+    return {"values": vals.reshape(g.shape[0], -1).contiguous(),
+            "positions": pos.to(torch.uint8).reshape(g.shape[0], -1).contiguous()}
 
 
 def decode_2of4(parts: dict[str, torch.Tensor], shape: tuple[int, ...]) -> torch.Tensor:
+    """Inverse of ``encode_2of4`` for a weight of ``shape`` (padding dropped, NHWC order undone)."""
     vals, pos = parts["values"], parts["positions"].long()
     rows = vals.shape[0]
     g = torch.zeros(rows, vals.shape[1] // 2, 4, dtype=vals.dtype)
     g.scatter_(-1, pos.reshape(rows, -1, 2), vals.reshape(rows, -1, 2))
-    return g.reshape(shape)
+    return ungroup_rows(g.reshape(rows, -1)[:, :shape[1]], tuple(shape)).contiguous()
 
 
 def assert_pruned_zero(state: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]) -> None:

@@ -95,7 +95,7 @@ def _bytes(mask: torch.Tensor, block: tuple[int, int]) -> dict[str, float]:
     nnz, numel = int(m2.sum()), m2.numel()
     return {"weight_bytes_dense": bytes_dense(numel), "weight_bytes_csr": bytes_csr(nnz, m2.shape[0]),
             "weight_bytes_bsr": bytes_bsr(m2, block),
-            "weight_bytes_2of4": bytes_2of4(numel) if is_nm(m2, 2, 4) else float("nan")}
+            "weight_bytes_2of4": bytes_2of4(numel) if is_nm(mask, 2, 4, strict=True) else float("nan")}
 
 
 def measure_model(model: nn.Module, masks: dict[str, torch.Tensor], hw: Any, sample: torch.Tensor,

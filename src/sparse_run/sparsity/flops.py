@@ -9,11 +9,13 @@ MACs to the kept fraction (N/M):
 - ``ste`` / ``srste`` / ``oneshot`` (mask along the input dim): forward N/M; backward-data stays
   dense (its reduction runs over outputs, where W ⊙ E has no N:M structure); weight gradient dense;
 - ``bdwp``: forward N/M, backward-data N/M (the separate mask along the output dim), weight
-  gradient dense — (N/M + N/M + 1)/3 of dense per layer, 0.5 at 2:8 (BDWP paper).
+  gradient dense — (N/M + N/M + 1)/3 of dense per layer, 0.5 at 2:8 (BDWP paper). BDWP's backward
+  mask keeps at most N of every M (it re-prunes the forward-sparse weights): executed as N:M, N/M.
 
 The first layer's backward-data GEMM is not counted: its input is the data, which needs no
 gradient, and autograd skips it. Layers left dense by the policy count as dense. Mask selection
-and elementwise work are not counted. FLOPs = 2 × MACs.
+and elementwise work are not counted. FLOPs = 2 × MACs. ``train_flops_ratio`` divides every arm's
+total by the same number: the dense arm's (``train.steps`` of dense training).
 """
 from __future__ import annotations
 
@@ -90,10 +92,12 @@ def phase_flops(costs: list[LayerCost], batch: int, steps: int) -> dict[str, flo
 def arm_flops(costs: list[LayerCost], shapes: dict[str, torch.Size], patterns: dict[str, Pattern], variant: str,
               batch: int, steps: int, dense_steps: int = 0) -> dict[str, float]:
     """Phase totals of one arm — ``dense_steps`` of dense training (one-shot's pre-training) then
-    ``steps`` under ``variant`` — and ``train_flops_ratio``: total over dense training for as many steps."""
+    ``steps`` under ``variant`` — and ``train_flops_ratio``: that total over the dense arm, i.e. dense
+    training for ``steps`` steps. One denominator for every arm, so one-shot's pre-training counts as
+    cost (2:4 one-shot + fine-tune ≈ 1.8× dense) instead of being divided away by a longer reference."""
     sparse = phase_flops(with_pattern(costs, shapes, patterns, variant), batch, steps)
     dense_pre = phase_flops(costs, batch, dense_steps)
     total = {k: sparse[k] + dense_pre[k] for k in PHASES}
-    ref = phase_flops(costs, batch, steps + dense_steps)
+    ref = phase_flops(costs, batch, steps)
     total["train_flops_ratio"] = sum(total[k] for k in PHASES) / sum(ref[k] for k in PHASES)
     return total

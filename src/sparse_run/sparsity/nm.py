@@ -87,19 +87,32 @@ def fmt(p: Pattern) -> str:
     return f"{p[0]}:{p[1]}"
 
 
-def _rows(w: torch.Tensor, dim: int) -> torch.Tensor:
-    """View ``w`` as ``[rows, k]`` with the grouped dimension last (NHWC for convs when dim=1)."""
+def group_rows(w: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """View ``w`` as ``[rows, k]`` with the grouped dimension last (NHWC for convs when dim=1).
+
+    This is the one N:M grouping of the project: selection (``nm_mask``), the checks
+    (``group_counts``, ``is_nm``) and the 2:4 codec all group consecutive entries of these rows.
+    """
     if w.dim() < 2:
         raise ValueError(f"N:M needs a weight with >= 2 dims, got shape {tuple(w.shape)}")
     order = [d for d in range(w.dim()) if d != dim] + [dim]
     return w.permute(order).reshape(-1, w.shape[dim])
 
 
-def _unrows(rows: torch.Tensor, like: torch.Tensor, dim: int) -> torch.Tensor:
-    order = [d for d in range(like.dim()) if d != dim] + [dim]
-    shape = [like.shape[d] for d in order]
-    inverse = [order.index(d) for d in range(like.dim())]
-    return rows.reshape(shape).permute(inverse)
+def ungroup_rows(rows: torch.Tensor, shape: tuple[int, ...] | torch.Size, dim: int = 1) -> torch.Tensor:
+    """Inverse of ``group_rows``: ``[rows, k]`` back to a tensor of ``shape``."""
+    order = [d for d in range(len(shape)) if d != dim] + [dim]
+    inverse = [order.index(d) for d in range(len(shape))]
+    return rows.reshape([shape[d] for d in order]).permute(inverse)
+
+
+def padded_groups(t: torch.Tensor, m: int, dim: int = 1, fill: float = 0.0) -> torch.Tensor:
+    """``[rows, groups, M]``: the rows of ``group_rows`` cut into groups of M, the last one padded with ``fill``."""
+    rows = group_rows(t, dim)
+    pad = -rows.shape[1] % m
+    if pad:
+        rows = torch.cat([rows, rows.new_full((rows.shape[0], pad), fill)], dim=1)
+    return rows.reshape(rows.shape[0], -1, m)
 
 
 def _keep_in_groups(g: torch.Tensor, n: int) -> torch.Tensor:
@@ -130,13 +143,10 @@ def nm_mask(w: torch.Tensor, n: int, m: int, dim: int = 1, scores: torch.Tensor 
     """Boolean mask of ``w``'s shape keeping the N largest ``|w|`` (or ``scores``) in every group
     of M consecutive entries along ``dim`` (1: input dim / channels in NHWC; 0: output dim)."""
     s = (w.abs() if scores is None else scores).float()
-    rows = _rows(s, dim)
-    k = rows.shape[1]
-    pad = -k % m
-    if pad:
-        rows = torch.cat([rows, rows.new_full((rows.shape[0], pad), -math.inf)], dim=1)
-    keep = _keep_in_groups(rows.reshape(-1, m), n).reshape(rows.shape)[:, :k]
-    return _unrows(keep, w, dim).contiguous()
+    k = w.shape[dim]
+    groups = padded_groups(s, m, dim, fill=-math.inf)  # padded slots never win
+    keep = _keep_in_groups(groups.reshape(-1, m), n).reshape(groups.shape[0], -1)[:, :k]
+    return ungroup_rows(keep, w.shape, dim).contiguous()
 
 
 def tail(shape: torch.Size | tuple[int, ...], m: int, dim: int = 1) -> int:
@@ -153,6 +163,16 @@ def keep_count(shape: torch.Size | tuple[int, ...], n: int, m: int, dim: int = 1
 
 def group_counts(mask: torch.Tensor, m: int, dim: int = 1) -> torch.Tensor:
     """Non-zeros per complete group of M along ``dim`` (partial tail groups left out): for checks."""
-    rows = _rows(mask.to(torch.int32), dim)
+    rows = group_rows(mask.to(torch.int32), dim)
     full = (rows.shape[1] // m) * m
     return rows[:, :full].reshape(-1, m).sum(1)
+
+
+def is_nm(mask: torch.Tensor, n: int, m: int, *, strict: bool = False) -> bool:
+    """At most N non-zeros in every group of M along the reduction axis, grouped as ``nm_mask`` groups
+    (Linear: inputs; conv: input channels in NHWC order). A trailing partial group (zero-padded to M)
+    must hold at most N too; ``strict`` additionally requires the axis to be a multiple of M (what a
+    2:4 kernel executes without padding)."""
+    if strict and mask.shape[1] % m:
+        return False
+    return bool((padded_groups(mask.bool().to(torch.int32), m).sum(-1) <= n).all())

@@ -8,7 +8,8 @@ weight. Weights are viewed as 2-D ``[out, in·k·k]`` (conv filters flattened), 
 is one whole row: a neuron of a Linear layer, a filter of a convolution.
 
 ``unstructured`` stays the default and is handled by ``selection.py`` itself; N:M selection is
-not implemented here (only the ``is_nm`` check the 2:4 hardware target needs).
+not implemented here (only the ``is_nm`` check the 2:4 hardware target needs, which uses N:M's
+own grouping from ``nm.py``).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..validate import ConfigError, choice
+from .nm import is_nm as nm_is_nm
 
 PATTERNS = ("unstructured", "block", "channel", "nm")  # nm: N:M runners (sparsity/nm.py)
 DEFAULT_BLOCK = (4, 4)
@@ -78,12 +80,12 @@ def is_block_shaped(mask: torch.Tensor, r: int, c: int) -> bool:
     return bool(torch.equal(expand_blocks(torch.isfinite(pooled), r, c, tuple(m.shape)), m))
 
 
-def is_nm(mask: torch.Tensor, n: int, m: int) -> bool:
-    """At most ``n`` kept entries in every group of ``m`` consecutive inputs (2:4: n=2, m=4)."""
-    mat = as_matrix(mask).bool()
-    if mat.shape[1] % m:
-        return False
-    return bool((mat.reshape(mat.shape[0], -1, m).sum(-1) <= n).all())
+def is_nm(mask: torch.Tensor, n: int, m: int, *, strict: bool = False) -> bool:
+    """At most ``n`` kept entries in every group of ``m`` (2:4: n=2, m=4), grouped exactly as N:M
+    selection groups them: along a Linear's inputs, along a conv's input channels in NHWC order
+    (``nm.is_nm``). Not the flattened ``[out, in·k·k]`` view the block patterns use: an N:M-trained
+    conv would fail that check. ``strict``: the grouped axis must also be a multiple of ``m``."""
+    return nm_is_nm(mask, n, m, strict=strict)
 
 
 def prune_fraction_pattern(scores: dict[str, torch.Tensor], masks: Any, rate: float, scales: dict[str, float],

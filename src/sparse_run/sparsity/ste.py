@@ -7,9 +7,10 @@ current W at every forward pass, so weights can move in and out of the pattern.
 - STE: forward with W̃ = W ⊙ E; ∂L/∂W̃ is passed straight through to the dense W.
 - SR-STE: the gradient of W becomes g + λ_W (1 − E) ⊙ W (``decay`` = λ_W), i.e.
   W ← W − γ(g(W̃) + λ_W (1 − E) ⊙ W) under SGD. ``decay=0`` skips the term (bit-exact STE).
-- BDWP: forward Y = X (W ⊙ E_in)ᵀ; backward-data dX = dY (W ⊙ E_out) with an independent N:M mask
-  E_out grouped along the output dimension (the reduction axis of that GEMM); the weight gradient
-  dYᵀX stays dense (plus the SR-STE term on 1 − E_in when ``decay`` > 0).
+- BDWP: forward Y = X (W ⊙ E_in)ᵀ; backward-data dX = dY (W ⊙ E_out), where E_out re-prunes the
+  *forward-masked* weights W ⊙ E_in to N:M along the output dimension (the reduction axis of that
+  GEMM), so E_out ⊆ E_in: the backward pass only uses weights the forward pass used (see
+  ``bdwp_backward_mask``). The weight gradient dYᵀX stays dense (plus the SR-STE term on 1 − E_in).
 
 Coexistence with ``MaskSet``: during training the arm's ``MaskSet`` is all-ones (nothing is
 zeroed). ``NMTraining`` is a training-loop step hook; at the last step it hard-prunes — W ← W ⊙ E
@@ -18,6 +19,7 @@ see the exported model, whose pruned weights are exactly zero.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +52,7 @@ class MaskedWeight(torch.autograd.Function):
 
 
 class BDWPFunction(torch.autograd.Function):
-    """Linear / Conv2d with separate forward (E_in) and backward-data (E_out) N:M masks."""
+    """Linear / Conv2d with a forward mask E_in and a backward-data mask E_out (``bdwp_backward_mask``)."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, e_in: torch.Tensor,
@@ -84,6 +86,23 @@ class BDWPFunction(torch.autograd.Function):
         return dx, dw, db, None, None, None, None
 
 
+@torch.no_grad()
+def bdwp_backward_mask(w: torch.Tensor, e_in: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """BDWP's backward-data mask: the forward-sparse weights W ⊙ E_in, transposed, pruned again to N:M
+    along the output dimension (groups of M consecutive outputs per input / NHWC input position).
+
+    Fang et al. 2023 (arXiv 2309.13015), Sec. III (bidirectional weight pruning): the BP stage prunes
+    the FF stage's N:M-sparse weights a second time, in the transposed direction, so both weight GEMMs
+    run N:M. The same rule is in the closest public code, Bi-Mask (Zhang et al. ICML 2023), whose
+    backward mask is the forward mask times an N:M mask computed on |W ⊙ E_fwd| (its row-permutation
+    search is not part of BDWP and is not done here). Hence E_out ⊆ E_in: a weight the forward pass
+    did not use never enters dX; a group of M outputs with fewer than N forward weights keeps fewer
+    than N (pruned entries score -inf and are never selected).
+    """
+    scores = torch.where(e_in, w.abs().float(), torch.tensor(-math.inf, device=w.device))
+    return nm_mask(w, n, m, dim=0, scores=scores) & e_in
+
+
 @dataclass
 class NMLayer:
     name: str
@@ -91,10 +110,11 @@ class NMLayer:
     pattern: Pattern
 
     def masks(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(E_in along the input dim / NHWC channels, E_out along the output dim) from the current W."""
+        """(E_in along the input dim / NHWC channels, BDWP's E_out ⊆ E_in along the output dim)."""
         n, m = self.pattern
         w = self.module.weight
-        return nm_mask(w, n, m, dim=1), nm_mask(w, n, m, dim=0)
+        e_in = nm_mask(w, n, m, dim=1)
+        return e_in, bdwp_backward_mask(w, e_in, n, m)
 
     def mask(self) -> torch.Tensor:
         n, m = self.pattern
