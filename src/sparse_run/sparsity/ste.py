@@ -91,10 +91,12 @@ def bdwp_backward_mask(w: torch.Tensor, e_in: torch.Tensor, n: int, m: int) -> t
     """BDWP's backward-data mask: the forward-sparse weights W ⊙ E_in, transposed, pruned again to N:M
     along the output dimension (groups of M consecutive outputs per input / NHWC input position).
 
-    Fang et al. 2023 (arXiv 2309.13015), Sec. III (bidirectional weight pruning): the BP stage prunes
-    the FF stage's N:M-sparse weights a second time, in the transposed direction, so both weight GEMMs
-    run N:M. The same rule is in the closest public code, Bi-Mask (Zhang et al. ICML 2023), whose
-    backward mask is the forward mask times an N:M mask computed on |W ⊙ E_fwd| (its row-permutation
+    Fang et al. 2023 (arXiv 2309.13015), the BDWP method section (Sec. III as we recall it; only the
+    abstract was readable from this workplace, so the section number is unverified): the BP stage
+    prunes the FF stage's N:M-sparse weights a second time, in the transposed direction, so both
+    weight GEMMs run N:M. Verified against the closest public method, Bi-Mask (Zhang et al. ICML 2023:
+    its paper builds the backward mask from the magnitudes of the forward-masked weights, and its code,
+    zyxxmu/Bi-Mask ``conv_type.py``, multiplies the forward mask by an N:M mask on |W ⊙ E_fwd|; its row-permutation
     search is not part of BDWP and is not done here). Hence E_out ⊆ E_in: a weight the forward pass
     did not use never enters dX; a group of M outputs with fewer than N forward weights keeps fewer
     than N (pruned entries score -inf and are never selected).
