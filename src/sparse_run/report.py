@@ -459,6 +459,8 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
     if ok.empty:
         return pd.DataFrame()
     ok["round"] = ok["round"].astype("Int64")
+    if "target_density" in ok:  # a small-dense model is dense: show the sparse level it is matched to
+        ok["density"] = ok.density.where(ok.variant != "small_dense", ok.target_density)
     if "group" in ok:  # a dense row belongs to its dense configuration (shared by, e.g., every rate of a sweep)
         ok["group"] = _grouped(ok).dense_group.where(ok.variant == "dense", _grouped(ok).group)
     keys = [k for k in ("experiment", "budget", "group", "method", "variant", "round", *ROW_IDENTITY)
@@ -486,6 +488,9 @@ def format_table(agg: pd.DataFrame) -> str:
     t["acc@ES %"] = [_pm(m, s, n) for m, s, n in zip(t.pop("acc_es"), t.pop("acc_es_std"), t.seeds)]
     t["final %"] = [_pm(m, s, n) for m, s, n in zip(t.pop("final_acc"), t.pop("final_acc_std"), t.seeds)]
     t["ES step"] = t.pop("es_step").round(0).astype(int)
+    for c in ROW_IDENTITY:  # e.g. no scope on a dense row: blank, not NaN
+        if c in t:
+            t[c] = t[c].astype(object).where(t[c].notna(), "")
     return t.to_string(index=False)
 
 
@@ -500,9 +505,12 @@ def report(root: Path, figures: bool = True, quiet: bool = False) -> pd.DataFram
     failed = df[df.status != "ok"] if "status" in df else df.iloc[0:0]
     lines = [table]
     repeats = df[df.status.eq("ok") & ~df.counted.fillna(True).astype(bool)] if "counted" in df else df.iloc[0:0]
+    if "small_dense" in set(agg.get("variant", [])):
+        lines.append("(small_dense rows: density % is the matched sparse level; the model itself is dense)")
     if len(repeats):
-        lines.append(f"\n{len(repeats)} row(s) repeat a training another run already holds (a cached dense stage "
-                     "reused by several jobs) and are counted once (all_runs.csv: counted = False).")
+        lines.append(f"\n{len(repeats)} row(s) repeat a training another run already holds (same configuration "
+                     "and seed: a cached dense stage reused by several jobs, a replicate run again …) and are counted once "
+                     "(all_runs.csv: counted = False).")
     if len(failed):
         lines.append(f"\n{len(failed)} job(s) not complete:")
         lines += [f"  {r['status']}: {r['run_dir']} {r.get('error', '') or ''}" for r in failed.to_dict('records')]
@@ -547,7 +555,11 @@ def report_figures(ok: pd.DataFrame, out: Path) -> list[Path]:
         rnn = bool({"policy_arm", "graph_family"} & set(sub.dropna(axis=1, how="all").columns))
         if rnn or ("pattern" in sub and sub.pattern.notna().any()):  # figures without group lines: one per group
             keys = sub.group_key if "group_key" in sub else pd.Series("", index=sub.index)
-            for (key, group), part in sub.groupby([keys.fillna(""), "group"]):
+            dense = sub[sub.variant == "dense"]
+            for (key, group), part in sub[sub.variant != "dense"].groupby([keys.fillna(""), "group"]):
+                # the dense rows of this group's dense configuration (counted once, maybe in another run)
+                part = pd.concat([dense[dense.dense_key.isin(set(part.dense_key))] if "dense_key" in part
+                                  else dense, part])
                 pstem = Path(f"{stem}_{_file_part(group, str(key))}") if group else stem
                 ptitle = f"{title}\n{group}" if group else title
                 if rnn:
