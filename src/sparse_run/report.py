@@ -509,8 +509,8 @@ def report(root: Path, figures: bool = True, quiet: bool = False) -> pd.DataFram
         lines.append("(small_dense rows: density % is the matched sparse level; the model itself is dense)")
     if len(repeats):
         lines.append(f"\n{len(repeats)} row(s) repeat a training another run already holds (same configuration "
-                     "and seed: a cached dense stage reused by several jobs, a replicate run again …) and are counted once "
-                     "(all_runs.csv: counted = False).")
+                     "and seed: a cached dense stage reused by several jobs, a replicate run again …) and are "
+                     "counted once (all_runs.csv: counted = False).")
     if len(failed):
         lines.append(f"\n{len(failed)} job(s) not complete:")
         lines += [f"  {r['status']}: {r['run_dir']} {r.get('error', '') or ''}" for r in failed.to_dict('records')]
