@@ -39,15 +39,24 @@ def one_line_error(proc, field: str, *texts: str, code: int = 2) -> str:
     (["train.lr=nan"], "train.lr", ["finite"]),
     (["train.gamma=inf"], "train.gamma", ["finite"]),
     (["train.momentum=nan", "train.optimizer=sgd"], "train.momentum", ["finite"]),
-    (["dataset.root=/nonexistent/typo"], "dataset.root", ["does not exist", "allowed: "]),
+    (["dataset.root={tmp}/typo"], "dataset.root", ["does not exist", "allowed: "]),
 ], ids=["misspelled_key", "misspelled_train_key", "unquoted_non_ascii_name", "name_escapes", "name_nests",
         "nan_lr", "inf_gamma", "nan_momentum", "typo_dataset_root"])
 def test_bad_value_is_one_line_naming_the_field_and_writes_nothing(tmp_path, args, field, texts):
     results = tmp_path / "results"
+    args = [a.format(tmp=tmp_path) for a in args]
     proc = run_cli(*SMOKE, *args, f"paths.results_dir={results}", check=False, timeout=120)
     one_line_error(proc, field, *texts)
     assert not results.exists() and sorted(tmp_path.iterdir()) == [], "a rejected run must not write anything"
-    assert not Path("/nonexistent").exists()
+
+
+@pytest.mark.parametrize("bad, field", [("method.schedule.rat=0.5", "method.schedule.rat"), ("name=../x", "name")],
+                         ids=["misspelled_key", "name_escapes"])
+def test_multirun_checks_keys_and_paths_before_the_sweep_starts(tmp_path, bad, field):
+    results = tmp_path / "results"
+    proc = run_cli("--multirun", *SMOKE, bad, "seed=0,1", f"paths.results_dir={results}", check=False, timeout=120)
+    one_line_error(proc, field)
+    assert sorted(tmp_path.iterdir()) == []
 
 
 def test_quoted_non_ascii_name_is_accepted_as_one_directory(tmp_path):
@@ -55,17 +64,23 @@ def test_quoted_non_ascii_name_is_accepted_as_one_directory(tmp_path):
     assert eff.name == "café"
 
 
-@pytest.mark.parametrize("value, texts", [("", ["got ''", "non-empty"]), ("{file}", ["is not a directory"]),
-                                          ("{file}/sub", ["cannot be created"])],
-                         ids=["empty", "a_file", "below_a_file"])
+def test_empty_results_dir_is_refused_before_anything_is_written():
+    """An empty paths.results_dir would put runs at /<name>/ (checked in-process: a regression must
+    not write at / from the test suite)."""
+    with pytest.raises(ConfigError, match=r"^paths.results_dir: got ''; allowed: a non-empty directory path"):
+        cli.prevalidate([*SMOKE, "paths.results_dir="])
+    with pytest.raises(ConfigError, match=r"^paths.results_dir: got ''"):
+        effective(compose_cfg(*SMOKE, "paths.results_dir="))
+
+
+@pytest.mark.parametrize("value, texts", [("{file}", ["is not a directory"]), ("{file}/sub", ["cannot be created"])],
+                         ids=["a_file", "below_a_file"])
 def test_results_dir_must_be_a_usable_directory(tmp_path, value, texts):
     f = tmp_path / "plain-file"
     f.write_text("keep me\n")
-    before = set(Path("/").iterdir())
     proc = run_cli(*SMOKE, f"paths.results_dir={value.format(file=f)}", check=False, timeout=120)
     one_line_error(proc, "paths.results_dir", *texts)
     assert f.read_text() == "keep me\n" and sorted(tmp_path.iterdir()) == [f]
-    assert set(Path("/").iterdir()) == before  # an empty results_dir must not write at /
 
 
 def test_unwritable_results_dir_is_one_line(tmp_path, monkeypatch):

@@ -134,14 +134,17 @@ def prevalidate(args: list[str], multirun: bool = False) -> None:
     from .config import check_name, check_results_dir, effective, explicit_keys
 
     overrides = [a for a in args if not a.startswith("-")]
+    swept_groups = False
     if multirun:
         parsed = OverridesParser.create().parse_overrides(overrides)
         overrides = [o.input_line for o in parsed if not o.is_sweep_override()]
+        known = groups()
+        swept_groups = any(o.is_sweep_override() and o.key_or_group.lstrip("+~") in known for o in parsed)
     try:
         with initialize_config_module(version_base="1.3", config_module=CONF_MODULE):
             cfg = compose(config_name="config", overrides=overrides)
     except Exception as e:
-        if multirun:  # a key may exist only under a swept group option: each job composes and reports
+        if swept_groups:  # a key may exist only under a swept group option: each job composes and reports
             return
         err = unknown_key_error(e, overrides)
         if err is not None:
