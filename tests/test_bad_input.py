@@ -169,8 +169,29 @@ def test_disk_full_during_a_run_is_one_line_and_keeps_what_was_written(tmp_path,
     assert meta["status"] == "failed" and "No space left" in meta["error"]
 
 
+def test_torch_save_on_a_full_disk_is_one_line_too(tmp_path, monkeypatch, capsys):
+    """torch.save reports ENOSPC as a RuntimeError; with under 1 MiB free it still reads as disk full."""
+    import shutil
+
+    from sparse_run import pipeline
+
+    def full_disk(cfg, run_dir):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed\n(more lines)")
+
+    monkeypatch.setattr(pipeline, "execute", full_disk)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(100, 100, 0))
+    monkeypatch.setattr(sys, "argv", ["sparse-run", *SMOKE, f"paths.results_dir={tmp_path}"])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    assert exc.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: disk full under ") and "file write failed" in err
+
+
 def test_other_os_errors_still_raise():
     assert cli.disk_error_line(OSError(errno.ENOENT, "gone")) is None
+    assert cli.disk_error_line(RuntimeError("a bug"), Path("/tmp")) is None  # plenty of space: a real error
     line = cli.disk_error_line(OSError(errno.EDQUOT, "Disk quota exceeded", "/r/x.pt"))
     assert line.startswith("disk quota exceeded at /r/x.pt")
 

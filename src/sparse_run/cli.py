@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import sys
 import time
 from importlib import resources
@@ -170,14 +171,30 @@ DISK_ERRNOS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", e
                errno.EACCES: "permission denied", errno.EPERM: "operation not permitted"}
 
 
-def disk_error_line(e: OSError) -> str | None:
-    """``OSError(ENOSPC, ..., path)`` → ``disk full writing <path>: ...``; None for other errors."""
-    what = DISK_ERRNOS.get(e.errno or -1)
+MIN_FREE_BYTES = 1 << 20
+
+
+def disk_error_line(e: BaseException, run_dir: Path | None = None) -> str | None:
+    """``OSError(ENOSPC, ..., path)`` → ``disk full at <path> (...)``. Any other error while the run
+    directory's disk has under 1 MiB free (torch.save says "file write failed") counts as disk full
+    too. None for everything else (a real bug keeps its traceback)."""
+    what = DISK_ERRNOS.get(getattr(e, "errno", None) or -1)
+    where = f" at {e.filename}" if isinstance(e, OSError) and e.filename else ""
+    if what is None and run_dir is not None:
+        try:
+            probe = Path(run_dir)
+            while not probe.exists():
+                probe = probe.parent
+            if shutil.disk_usage(probe).free < MIN_FREE_BYTES:
+                what, where = "disk full", f" under {run_dir}"
+        except OSError:
+            pass
     if what is None:
         return None
-    where = f" at {e.filename}" if e.filename else ""
-    return f"{what}{where} ({e.strerror or e}); nothing already written was changed, free space or fix " \
-           "paths.results_dir and run the same command again to resume"
+    text = str(e).strip()
+    detail = e.strerror if isinstance(e, OSError) and e.strerror else text.splitlines()[0] if text else type(e).__name__
+    return f"{what}{where} ({detail}); files already written are unchanged: free space or fix paths.results_dir " \
+           "and run the same command again to resume"
 
 
 def _mark_failed(run_dir: Path, error: BaseException) -> None:
@@ -217,8 +234,8 @@ def task(cfg: DictConfig) -> None:
             raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2 if isinstance(e, ConfigError) else 1)
-    except OSError as e:
-        line = disk_error_line(e)
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+        line = disk_error_line(e, run_dir)
         try:
             _mark_failed(run_dir, e)
         except OSError:  # the disk that just failed may refuse this write too; the line below still says why
