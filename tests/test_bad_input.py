@@ -59,9 +59,12 @@ def test_multirun_checks_keys_and_paths_before_the_sweep_starts(tmp_path, bad, f
     assert sorted(tmp_path.iterdir()) == []
 
 
-def test_quoted_non_ascii_name_is_accepted_as_one_directory(tmp_path):
+def test_quoted_non_ascii_name_is_accepted_as_one_directory():
     eff = effective(compose_cfg(*SMOKE, "name='café'"))
     assert eff.name == "café"
+    cli.check_unquoted_non_ascii(["name='café'", "x=['é', \"ü\"]", "--multirun"])  # quoted anywhere: fine
+    with pytest.raises(ConfigError, match=r"^x: got \"\['a'\]é\""):
+        cli.check_unquoted_non_ascii(["x=['a']é"])
 
 
 def test_empty_results_dir_is_refused_before_anything_is_written():

@@ -71,13 +71,25 @@ def check_overrides(args: list[str]) -> None:
                 raise ConfigError(key, f"unknown option {option!r}; allowed: {', '.join(known[key])}")
 
 
+def _unquoted_non_ascii(value: str) -> bool:
+    quote = None
+    for ch in value:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif not ch.isascii():
+            return True
+    return False
+
+
 def check_unquoted_non_ascii(args: list[str]) -> None:
     """Hydra's override grammar takes only ASCII outside quotes; say so, naming the key."""
     for arg in args:
         if arg.startswith("-") or "=" not in arg or arg.isascii():
             continue
         key, value = arg.split("=", 1)
-        if not (len(value) >= 2 and value[0] == value[-1] and value[0] in "'\""):
+        if _unquoted_non_ascii(value):
             raise ConfigError(key.lstrip("+~"), f"got {value!r}: non-ASCII characters must be quoted; "
                                                 f"allowed: {key}='{value}'")
 
