@@ -277,3 +277,48 @@ def test_lanes_reuse_a_single_runs_cached_dense_stage_and_fall_back_into_step(tm
     want = pd.read_csv(single / "summary.csv")
     cols = ["round", "variant", "nonzeros", "test_acc", "early_stop_step"]
     pd.testing.assert_frame_equal(got[got.seed == 5][cols].reset_index(drop=True), want[cols])
+
+
+class TinyRGBConv(nn.Module):
+    """A small conv net for 3×32×32 inputs without buffers (replicates exclude batch norm)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 5, stride=3)
+        self.fc = nn.Linear(4 * 10 * 10, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+def test_lanes_equal_single_runs_with_augmentation_on():
+    """dataset.augment (crop + flip) applies to every lane exactly as to a single run with its seed."""
+    from sparse_run import data as data_mod
+
+    dcfg = compose_cfg("dataset=synthetic_cifar10").dataset
+    assert dcfg.augment.crop_padding == 4 and dcfg.augment.hflip
+    data = data_mod.load(dcfg, "/nonexistent", train_subset=400, eval_subset=200)
+    assert data.augment is not None
+    policy = compose_cfg("experiment=lottery_mnist").method.policy
+    t = tcfg(optimizer="sgd", lr=0.05, momentum=0.9, linear_kernel="aten")
+
+    def lane(seed: int) -> tuple[nn.Module, MaskSet]:
+        torch.manual_seed(seed)
+        model = TinyRGBConv()
+        masks = MaskSet(prunable(model, policy))
+        masks.set({n: torch.rand(m.shape, generator=torch.Generator().manual_seed(seed)) < 0.5
+                   for n, m in masks.masks.items()})
+        return model, masks
+
+    seeds = (0, 1)
+    refs = []
+    for s in seeds:
+        model, masks = lane(s)
+        refs.append((model, train(model, masks, data, t, steps=12, eval_every=6, seed=s)))
+    lanes_ = [Lane(*lane(s), seed=s) for s in seeds]
+    out = train_replicates(lanes_, data, t, steps=12, eval_every=6)
+    for (model, ref), ln, res in zip(refs, lanes_, out):
+        for a, b in zip(model.parameters(), ln.model.parameters()):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+        assert [r["train_loss"] for r in res.history] == pytest.approx([r["train_loss"] for r in ref.history],
+                                                                        rel=1e-4)

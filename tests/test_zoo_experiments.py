@@ -41,7 +41,7 @@ def test_vgg_resnet_experiments_prune_conv_globally_with_late_rewinding():
         assert c.dataset.augment.crop_padding == 4 and c.dataset.augment.hflip
     assert (vgg.train.lr, vgg.train.batch_size, vgg.train.steps, vgg.train.warmup_steps) == (0.1, 64, 112480, 10000)
     assert list(vgg.train.milestones) == [0.5, 0.75]
-    assert (res.train.lr, res.train.batch_size, res.train.steps, res.train.warmup_steps) == (0.03, 128, 30000, 20000)
+    assert (res.train.lr, res.train.batch_size, res.train.steps, res.train.warmup_steps) == (0.1, 128, 30000, 0)
     assert [round(m * 30000) for m in res.train.milestones] == [20000, 25000]
 
 

@@ -1,15 +1,24 @@
 """``sparse-run``: the Hydra entry point.
 
-Before Hydra creates any directory, the command line is checked (unknown group options) and, for
-a single run, the composed config is validated, so bad input costs one line and writes nothing.
+Before Hydra creates any directory, the command line is checked (unknown group options, misspelled
+keys, unquoted non-ASCII values, the results directory) and, for a single run, the composed config
+is validated, so bad input costs one line and writes nothing. Errors during a run (a full disk, an
+unwritable file) are one line too; the run directory records them.
 """
 from __future__ import annotations
 
+import difflib
+import errno
+import hashlib
 import json
+import os
+import re
+import shutil
 import sys
 import time
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -19,7 +28,22 @@ from omegaconf import DictConfig, OmegaConf
 from .validate import ConfigError
 
 CONF_MODULE = "sparse_run.conf"
-OmegaConf.register_new_resolver("run_id", lambda s: s or "default", replace=True)
+MAX_DIRNAME = 200  # file systems allow 255 bytes per path component
+
+
+def run_id(overrides: str) -> str:
+    """The run directory's name from Hydra's ``override_dirname``: one path component whatever the
+    values hold (``/`` → ``%2F``, ``%`` → ``%25``), shortened with a hash when too long."""
+    name = (overrides or "default").replace("%", "%25").replace("/", "%2F")
+    if name in (".", ".."):
+        name = name.replace(".", "%2E")
+    if len(name.encode()) > MAX_DIRNAME:
+        digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+        name = name.encode()[: MAX_DIRNAME - 13].decode(errors="ignore") + "~" + digest
+    return name
+
+
+OmegaConf.register_new_resolver("run_id", run_id, replace=True)
 
 
 def groups() -> dict[str, list[str]]:
@@ -47,22 +71,142 @@ def check_overrides(args: list[str]) -> None:
                 raise ConfigError(key, f"unknown option {option!r}; allowed: {', '.join(known[key])}")
 
 
-def prevalidate(args: list[str]) -> None:
-    """Compose and validate a single run's config before Hydra touches the disk."""
+def _unquoted_non_ascii(value: str) -> bool:
+    quote = None
+    for ch in value:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif not ch.isascii():
+            return True
+    return False
+
+
+def check_unquoted_non_ascii(args: list[str]) -> None:
+    """Hydra's override grammar takes only ASCII outside quotes; say so, naming the key."""
+    for arg in args:
+        if arg.startswith("-") or "=" not in arg or arg.isascii():
+            continue
+        key, value = arg.split("=", 1)
+        if _unquoted_non_ascii(value):
+            raise ConfigError(key.lstrip("+~"), f"got {value!r}: non-ASCII characters must be quoted; "
+                                                f"allowed: {key}='{value}'")
+
+
+def check_writable_dir(path: Any, field: str) -> None:
+    """``path`` is, or can be created as, a directory this process can write into."""
+    p = Path(str(path)).expanduser().absolute()
+    if p.exists() and not p.is_dir():
+        raise ConfigError(field, f"{p} is not a directory; allowed: a writable directory")
+    probe = p
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(field, f"{p} cannot be created ({probe} is not a directory); allowed: a writable directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(field, f"{p} is not writable ({probe} denies write access); allowed: a writable directory")
+
+
+def _flat_keys(node: Any, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in node.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        out.append(key)
+        if OmegaConf.is_dict(v):
+            out += _flat_keys(v, key)
+    return out
+
+
+def unknown_key_error(e: Exception, overrides: list[str]) -> ConfigError | None:
+    """Hydra's "Could not override 'a.b.c'" → a one-line error naming the nearest valid key."""
+    m = re.match(r"Could not override '([^']+)'", str(e))
+    if not m:
+        return None
+    key = m.group(1)
     from hydra import compose, initialize_config_module
 
-    from .config import effective
+    rest = [o for o in overrides if o.split("=", 1)[0].lstrip("+") != key]
+    try:
+        with initialize_config_module(version_base="1.3", config_module=CONF_MODULE):
+            cfg = compose(config_name="config", overrides=rest)
+        keys = _flat_keys(cfg)
+    except Exception:  # noqa: BLE001 - another override is broken too: no suggestion, still one line
+        keys = []
+    near = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+    hint = f"did you mean {near[0]}?" if near else "no such key"
+    return ConfigError(key, f"not a config key; {hint} (a new key needs a leading +: +{key}=...)")
+
+
+def prevalidate(args: list[str], multirun: bool = False) -> None:
+    """Compose and validate a single run's config before Hydra touches the disk. For a multirun
+    (whose sweeps compose only per job), the non-sweep overrides are composed and the paths checked."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from .config import check_name, check_results_dir, effective, explicit_keys
 
     overrides = [a for a in args if not a.startswith("-")]
-    with initialize_config_module(version_base="1.3", config_module=CONF_MODULE):
-        cfg = compose(config_name="config", overrides=overrides)
-    from . import data, hardware
+    swept_groups = False
+    if multirun:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        overrides = [o.input_line for o in parsed if not o.is_sweep_override()]
+        known = groups()
+        swept_groups = any(o.is_sweep_override() and o.key_or_group.lstrip("+~") in known for o in parsed)
+    try:
+        with initialize_config_module(version_base="1.3", config_module=CONF_MODULE):
+            cfg = compose(config_name="config", overrides=overrides)
+    except Exception as e:
+        if swept_groups:  # a key may exist only under a swept group option: each job composes and reports
+            return
+        err = unknown_key_error(e, overrides)
+        if err is not None:
+            raise err from None
+        raise
+    check_name(cfg.name)
+    check_results_dir(cfg.paths.results_dir)
+    check_writable_dir(cfg.paths.results_dir, "paths.results_dir")
+    if multirun:
+        return
+    from . import data, hardware, logger
     from .config import validate
 
-    eff = effective(cfg)
+    eff = effective(cfg, explicit_keys(overrides))
     hardware.check(eff)  # may switch the method's pattern to what the target runs (announced)
     validate(eff)
+    logger.check(eff.logger)
     data._root(cfg.dataset, cfg.paths.data_dir)
+
+
+# errors of the machine rather than the config: one line naming the file, exit status 1
+DISK_ERRNOS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system",
+               errno.EACCES: "permission denied", errno.EPERM: "operation not permitted"}
+
+
+MIN_FREE_BYTES = 1 << 20
+
+
+def disk_error_line(e: BaseException, run_dir: Path | None = None) -> str | None:
+    """``OSError(ENOSPC, ..., path)`` → ``disk full at <path> (...)``. Any other error while the run
+    directory's disk has under 1 MiB free (torch.save says "file write failed") counts as disk full
+    too. None for everything else (a real bug keeps its traceback)."""
+    what = DISK_ERRNOS.get(getattr(e, "errno", None) or -1)
+    where = f" at {e.filename}" if isinstance(e, OSError) and e.filename else ""
+    if what is None and run_dir is not None:
+        try:
+            probe = Path(run_dir)
+            while not probe.exists():
+                probe = probe.parent
+            if shutil.disk_usage(probe).free < MIN_FREE_BYTES:
+                what, where = "disk full", f" under {run_dir}"
+        except OSError:
+            pass
+    if what is None:
+        return None
+    text = str(e).strip()
+    detail = e.strerror if isinstance(e, OSError) and e.strerror else text.splitlines()[0] if text else type(e).__name__
+    return f"{what}{where} ({detail}); files already written are unchanged: free space or fix paths.results_dir " \
+           "and run the same command again to resume"
 
 
 def _mark_failed(run_dir: Path, error: BaseException) -> None:
@@ -77,8 +221,8 @@ def _mark_failed(run_dir: Path, error: BaseException) -> None:
 
 @hydra.main(version_base="1.3", config_path="pkg://sparse_run.conf", config_name="config")
 def task(cfg: DictConfig) -> None:
-    from . import hardware
-    from .config import effective
+    from . import hardware, logger
+    from .config import budget_note, effective, explicit_keys
     from .pipeline import execute
     from .train import Diverged
 
@@ -88,9 +232,13 @@ def task(cfg: DictConfig) -> None:
     try:
         from .config import validate
 
-        eff = effective(cfg)
+        eff = effective(cfg, explicit_keys(hc.overrides.task))
         hardware.check(eff)
         validate(eff)
+        logger.check(eff.logger)
+        note = budget_note(eff)
+        if note:
+            print(note)
         execute(eff, run_dir)
     except (ConfigError, Diverged) as e:
         _mark_failed(run_dir, e)
@@ -98,6 +246,16 @@ def task(cfg: DictConfig) -> None:
             raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2 if isinstance(e, ConfigError) else 1)
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+        line = disk_error_line(e, run_dir)
+        try:
+            _mark_failed(run_dir, e)
+        except OSError:  # the disk that just failed may refuse this write too; the line below still says why
+            pass
+        if multirun or line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        sys.exit(1)
     except BaseException as e:
         _mark_failed(run_dir, e)
         raise
@@ -105,11 +263,13 @@ def task(cfg: DictConfig) -> None:
 
 def main() -> None:
     args = sys.argv[1:]
+    info = any(a in ("--help", "-h", "--hydra-help", "--info", "-c", "--cfg")
+               or a.startswith(("--info", "--cfg", "--shell-completion")) for a in args)
     try:
+        check_unquoted_non_ascii(args)
         check_overrides(args)
-        if not any(a in ("-m", "--multirun", "--help", "-h", "--hydra-help", "--info", "-c", "--cfg")
-                   or a.startswith(("--info", "--cfg", "--shell-completion")) for a in args):
-            prevalidate(args)
+        if not info:
+            prevalidate(args, multirun=any(a in ("-m", "--multirun") for a in args))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

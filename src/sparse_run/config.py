@@ -4,11 +4,13 @@ Validation runs before any work (no data loaded, nothing written), so a typo cos
 a one-line message. The budget (``budget/``) is applied by one rule for every experiment: step
 counts — ``train.steps``, ``train.warmup_steps`` and every ``method.schedule`` key ending in
 ``_step`` or ``_steps`` — are multiplied by ``budget.steps_scale``; rounds are capped by
-``budget.max_rounds``; ``budget.evals`` sets the evaluation cadence.
+``budget.max_rounds``; ``budget.evals`` sets the evaluation cadence. A key given explicitly on the
+command line is left as given (``explicit``), and the effective config lists it in ``budget.unscaled``.
 """
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, Iterable
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -21,7 +23,7 @@ from .sparsity.patterns import validate_method as validate_pattern
 from .sparsity.selection import PATTERNS as MULTI_LEVEL_PATTERNS
 from .onednn import KERNELS
 from .train import LR_SCHEDULES, OPTIMIZERS
-from .validate import ConfigError, choice, number
+from .validate import ConfigError, choice, finite_floats, number
 
 # one per runner in pipeline.RUNNERS; kernel_study (hw_sparse_1x1) and graph_rnn (rnn_random_graph_reber)
 # are runners of their own experiments
@@ -29,10 +31,29 @@ SCHEDULE_KINDS = ("none", "iterative", "oneshot", "at_init", "gradual", *nm_sel.
 REWINDS = ("init", "step", "none")
 DEVICES = ("cpu", "cuda", "auto")
 CONTROL_VARIANTS = ("reinit", "random", "small_dense")
+# `name` is the first directory level under paths.results_dir: one path component, no `..`
+NAME_PATTERN = re.compile(r"^\w[\w.-]{0,99}$")
+LOGGER_MODES = ("offline", "online", "disabled")
+
+
+def check_name(name: Any) -> None:
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise ConfigError("name", f"got {name!r}; allowed: 1-100 letters, digits, '_', '.', '-', starting with a "
+                                  "letter, digit or '_' (it names a directory under paths.results_dir)")
+
+
+def check_results_dir(value: Any) -> None:
+    """The results root must be a non-empty path (an empty one would put runs at ``/``)."""
+    if value is None or not str(value).strip():
+        raise ConfigError("paths.results_dir", f"got {value!r}; allowed: a non-empty directory path "
+                                               "(default: results)")
 
 
 def validate(cfg: DictConfig) -> None:
     """Raise ``ConfigError`` on the first field that is out of range or incompatible."""
+    finite_floats(OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg)
+    check_name(cfg.name)
+    check_results_dir(cfg.paths.results_dir)
     number(cfg.seed, "seed", lo=0, integer=True)
     choice(cfg.device, "device", DEVICES)
     if cfg.threads is not None:
@@ -46,6 +67,10 @@ def validate(cfg: DictConfig) -> None:
     number(t.weight_decay, "train.weight_decay", lo=0)
     number(t.momentum, "train.momentum", lo=0, hi=1, hi_open=True)
     choice(t.lr_schedule, "train.lr_schedule", LR_SCHEDULES)
+    number(t.get("warmup_steps", 0), "train.warmup_steps", lo=0, integer=True)
+    number(t.get("gamma", 0.1), "train.gamma", lo=0)
+    for i, f in enumerate(t.get("milestones") or []):
+        number(f, f"train.milestones[{i}]", lo=0, hi=1)
     choice(t.get("linear_kernel", "auto"), "train.linear_kernel", KERNELS)
     if t.get("linear_kernel") == "onednn" and (cfg.device == "cuda" or t.get("compile")):
         raise ConfigError("train.linear_kernel", "onednn runs on CPU without train.compile; use auto or aten")
@@ -82,6 +107,8 @@ def validate(cfg: DictConfig) -> None:
         choice(v, "method.controls.variants", CONTROL_VARIANTS)
     number(m.policy.last_rate_scale, "method.policy.last_rate_scale", lo=0)
     choice(cfg.logger.kind, "logger.kind", LOGGERS)
+    if cfg.logger.get("mode") is not None:
+        choice(cfg.logger.mode, "logger.mode", LOGGER_MODES)
     d = cfg.dataset
     number(d.val_size, "dataset.val_size", lo=0, integer=True)
     if d.get("train_examples"):
@@ -176,40 +203,83 @@ def validate_method(cfg: DictConfig) -> None:
         number(s.every_steps, "method.schedule.every_steps", lo=1, integer=True)
 
 
-def apply_budget(cfg: DictConfig) -> DictConfig:
-    """Return a copy of ``cfg`` with the budget applied (the copy is what the run records)."""
+def explicit_keys(overrides: Iterable[str]) -> list[str]:
+    """The config keys that command-line overrides set (``key=value``, ``+key=``, ``++key=``), in order.
+    Group selections (``budget=smoke``) are keys too, harmlessly: the budget only looks at value keys."""
+    keys: list[str] = []
+    for o in overrides:
+        if o.startswith(("-", "~")) or "=" not in o:
+            continue
+        key = o.split("=", 1)[0].lstrip("+")
+        if not key.startswith("hydra") and key not in keys:
+            keys.append(key)
+    return keys
+
+
+def apply_budget(cfg: DictConfig, explicit: Iterable[str] = ()) -> DictConfig:
+    """Return a copy of ``cfg`` with the budget applied (the copy is what the run records).
+
+    Keys in ``explicit`` (given on the command line) keep their value: a user who asks for
+    ``train.steps=200`` under ``budget=smoke`` gets 200 steps, not 200 × the budget's scale. The
+    ones the budget would have changed are listed in ``budget.unscaled``.
+    """
     out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     b = out.budget
     scale, floor = float(b.steps_scale), int(b.min_steps)
+    keep = set(explicit)
+    unscaled: list[str] = []
 
     def scaled(v: int) -> int:
         return max(floor, int(round(v * scale))) if v else 0
 
+    def put(node: Any, key: str, path: str, value: Any) -> None:
+        """Set ``node[key] = value`` unless ``path`` was given explicitly."""
+        if path in keep:
+            if value != node[key]:
+                unscaled.append(path)
+            return
+        node[key] = value
+
     with open_dict(out):
         t = out.train
-        t.steps = scaled(t.steps)
-        t.warmup_steps = int(round(t.warmup_steps * scale))
+        put(t, "steps", "train.steps", scaled(t.steps))
+        put(t, "warmup_steps", "train.warmup_steps", int(round(t.warmup_steps * scale)))
         sched = out.method.schedule
         for key in list(sched.keys()):
             if str(key).endswith(("_step", "_steps")) and isinstance(sched[key], int):
                 # a non-zero step count stays >= 1 (e.g. gradual pruning's every_steps under budget=smoke)
-                sched[key] = max(1, int(round(sched[key] * scale))) if sched[key] else 0
+                put(sched, key, f"method.schedule.{key}", max(1, int(round(sched[key] * scale))) if sched[key] else 0)
         if b.evals:
-            t.eval_every = max(1, t.steps // int(b.evals))
+            put(t, "eval_every", "train.eval_every", max(1, t.steps // int(b.evals)))
         t.eval_every = min(t.eval_every, t.steps)
         if t.checkpoint_every:
-            t.checkpoint_every = max(t.eval_every, scaled(t.checkpoint_every))
+            put(t, "checkpoint_every", "train.checkpoint_every", max(t.eval_every, scaled(t.checkpoint_every)))
         if "rounds" in sched and b.max_rounds is not None:
-            sched.rounds = min(int(sched.rounds), int(b.max_rounds))
+            put(sched, "rounds", "method.schedule.rounds", min(int(sched.rounds), int(b.max_rounds)))
         if b.control_rounds is not None:
-            out.method.controls.rounds = list(b.control_rounds)
+            put(out.method.controls, "rounds", "method.controls.rounds", list(b.control_rounds))
+        if not b.get("chance_check", True):
+            t.chance_check = False
+        if unscaled:
+            b.unscaled = unscaled
     return out
 
 
-def effective(cfg: DictConfig) -> DictConfig:
-    """Validate the composed config and return the effective (budgeted) one."""
+def budget_note(eff: DictConfig) -> str | None:
+    """The one line a run prints when explicit command-line values were kept unscaled."""
+    kept = list(eff.budget.get("unscaled") or [])
+    if not kept:
+        return None
+    values = ", ".join(f"{k}={OmegaConf.select(eff, k)}" for k in kept)
+    return (f"sparse-run: budget={eff.budget.name} leaves {values} as given on the command line "
+            "(explicit values are not scaled by the budget)")
+
+
+def effective(cfg: DictConfig, explicit: Iterable[str] = ()) -> DictConfig:
+    """Validate the composed config and return the effective (budgeted) one; ``explicit``: the keys
+    given on the command line (see ``explicit_keys``), which the budget leaves as they are."""
     validate(cfg)
-    eff = apply_budget(cfg)
+    eff = apply_budget(cfg, explicit)
     validate(eff)
     return eff
 

@@ -213,7 +213,10 @@ LAYOUTS = ("image", "sequence", "tokens")
 # ---------------------------------------------------------------------------------------------
 
 def _root(cfg: Any, data_dir: str) -> Path:
-    root = Path(cfg.root) if cfg.get("root") else Path(data_dir)
+    """Where the dataset's files live. An explicit ``dataset.root`` must already exist: a typo must not
+    silently become a new directory that a download fills (create the directory first to download there)."""
+    explicit = bool(cfg.get("root"))
+    root = Path(cfg.root) if explicit else Path(data_dir)
     root = root.expanduser()
     try:
         exists = root.exists()
@@ -223,6 +226,9 @@ def _root(cfg: Any, data_dir: str) -> Path:
     if exists and (not root.is_dir() or not os.access(root, os.R_OK | os.X_OK)):
         raise ConfigError("dataset.root", f"{root} is not a readable directory; "
                           "allowed: a readable directory, or null for paths.data_dir")
+    if explicit and not exists and cfg.get("source") not in GENERATORS:
+        raise ConfigError("dataset.root", f"{root} does not exist; allowed: an existing directory (mkdir it "
+                          "first to download into it), or null for paths.data_dir")
     return root
 
 

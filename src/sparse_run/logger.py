@@ -9,9 +9,34 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .validate import choice
+from .validate import ConfigError, choice
 
 KINDS = ("csv", "wandb")
+NO_KEY = ("logger.mode", "online needs a W&B API key and none is configured (WANDB_API_KEY, ~/.netrc or "
+          "`wandb login`); allowed without one: offline, disabled")
+
+
+def check(cfg: Any) -> None:
+    """``logger=wandb logger.mode=online`` without credentials fails in ``wandb.init`` after the run
+    directory exists; look for them first (environment, .netrc, wandb settings; no network)."""
+    if cfg.get("kind") != "wandb" or cfg.get("mode") != "online":
+        return
+    import os
+
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return
+    try:
+        from wandb.sdk.lib.wbauth import authenticate
+
+        host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+        found = authenticate.authenticate_session(host=host, source="sparse-run", prompt=False,
+                                                  update_session=False)
+    except ImportError:
+        raise ConfigError("logger.kind", "wandb is not installed; allowed: csv, or pip install wandb") from None
+    except Exception:  # noqa: BLE001 - wandb internals moved: leave it to wandb.init (caught in build)
+        return
+    if found is None:
+        raise ConfigError(*NO_KEY)
 
 
 class Logger:
@@ -52,4 +77,12 @@ class WandbLogger(Logger):
 
 def build(cfg: Any, run_dir: Path, config: dict[str, Any], name: str) -> Logger:
     kind = choice(cfg.kind, "logger.kind", KINDS)
-    return WandbLogger(cfg, run_dir, config, name) if kind == "wandb" else Logger()
+    if kind != "wandb":
+        return Logger()
+    try:
+        return WandbLogger(cfg, run_dir, config, name)
+    except Exception as e:
+        if type(e).__name__ in ("UsageError", "AuthenticationError"):  # wandb.errors: no or bad credentials
+            raise ConfigError("logger.mode", f"{cfg.mode}: {str(e).splitlines()[0]}; allowed without "
+                                             "credentials: offline, disabled") from None
+        raise

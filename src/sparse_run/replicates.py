@@ -2,7 +2,8 @@
 
 Each replicate ("lane") keeps everything a single ``train()`` call with its seed would have: its
 own initial weights, its own data order (a ``torch.Generator`` seeded with the lane's seed, drawn
-exactly as ``train()`` draws it), its own masks and its own optimizer state. The weights of the K
+exactly as ``train()`` draws it), its own augmentation draws (``dataset.augment`` keyed by the lane's
+seed and the step, as in ``train()``), its own masks and its own optimizer state. The weights of the K
 lanes are stacked along a new leading dimension and trained together:
 
 * the forward pass is one batched matmul per layer (``baddbmm``) for the MLPs of ``models.py``,
@@ -34,8 +35,8 @@ from torch import nn
 from . import onednn
 from .data import DataBundle
 from .sparsity.masks import MaskSet
-from .train import (Diverged, LeanStep, StepHook, TrainResult, _progress, make_lr_schedule, make_optimizer,
-                    zero_pruned_state)
+from .train import (Diverged, LeanStep, StepHook, TrainResult, _progress, check_chance, make_lr_schedule,
+                    make_optimizer, zero_pruned_state)
 from .validate import ConfigError
 
 # Optimizers whose update of an element depends only on that element's own history: stacking
@@ -315,7 +316,10 @@ def train_replicates(lanes: Sequence[Lane], data: DataBundle, tcfg: Any, *, step
                 cursor = 0
             idx = orders[:, cursor]  # (K, batch): each lane's own batch
             cursor += 1
-            out = train_fwd(st.params, data.train_x[idx], False)
+            xb = data.train_x[idx]  # (K, batch, ...)
+            if getattr(data, "augment", None) is not None:  # as train(): each lane's batch with its own seed
+                xb = torch.stack([data.augment(xb[k], lane.seed, step) for k, lane in enumerate(lanes)])
+            out = train_fwd(st.params, xb, False)
             target = data.train_y[idx]
             losses = F.cross_entropy(out.flatten(0, 1), target.flatten(), reduction="none")
             st.zero_grad()
@@ -362,12 +366,13 @@ def train_replicates(lanes: Sequence[Lane], data: DataBundle, tcfg: Any, *, step
         st.release()
     wall = wall0 + time.perf_counter() - t0
     results = []
-    for hist in histories:
+    for lane, hist in zip(lanes, histories):
         best = min(hist, key=lambda r: r["val_loss"])
-        results.append(TrainResult(history=hist, early_stop_step=int(best["step"]),
-                                   test_acc_at_early_stop=best["test_acc"], final_test_acc=hist[-1]["test_acc"],
-                                   final_val_acc=hist[-1]["val_acc"], wall_s=wall, steps=steps,
-                                   extra={"replicates": k_lanes}))
+        results.append(check_chance(TrainResult(history=hist, early_stop_step=int(best["step"]),
+                                                test_acc_at_early_stop=best["test_acc"],
+                                                final_test_acc=hist[-1]["test_acc"], final_val_acc=hist[-1]["val_acc"],
+                                                wall_s=wall, steps=steps, extra={"replicates": k_lanes}),
+                                    data, tcfg, f"{desc} (seed {lane.seed})"))
     return results
 
 

@@ -40,6 +40,7 @@ class TrainResult:
     wall_s: float
     steps: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    status: str = "ok"  # "at_chance": final test accuracy no better than a model that learned nothing
 
 
 def make_optimizer(params: list[nn.Parameter], tcfg: Any) -> torch.optim.Optimizer:
@@ -311,9 +312,41 @@ def _train(model: nn.Module, masks: MaskSet, data: DataBundle, tcfg: Any, *, ste
     bar.close()
     wall = wall0 + time.perf_counter() - t0
     best = min(history, key=lambda r: r["val_loss"])
-    return TrainResult(history=history, early_stop_step=int(best["step"]),
-                       test_acc_at_early_stop=best["test_acc"], final_test_acc=history[-1]["test_acc"],
-                       final_val_acc=history[-1]["val_acc"], wall_s=wall, steps=steps)
+    return check_chance(TrainResult(history=history, early_stop_step=int(best["step"]),
+                                    test_acc_at_early_stop=best["test_acc"], final_test_acc=history[-1]["test_acc"],
+                                    final_val_acc=history[-1]["val_acc"], wall_s=wall, steps=steps),
+                        data, tcfg, desc)
+
+
+CHANCE_SIGMAS = 3.0
+
+
+def chance_accuracy(y: torch.Tensor) -> float:
+    """The accuracy below which a model has learned nothing measurable on labels ``y``.
+
+    A constant prediction scores the majority class's share p (1/num_classes on balanced data, the
+    most any input-independent guess scores on average); a guess is a binomial proportion over n
+    examples, so p plus three standard errors sqrt(p(1-p)/n) bounds what luck adds (one in ~700).
+    MNIST's test set: p = 0.1135, n = 10,000 → 0.123; CIFAR-10's: 0.100 + 0.009 → 0.109.
+    """
+    n = y.numel()
+    p = float(torch.bincount(y.flatten().long()).max()) / n
+    return p + CHANCE_SIGMAS * math.sqrt(p * (1 - p) / n)
+
+
+def check_chance(result: TrainResult, data: DataBundle, tcfg: Any, desc: str) -> TrainResult:
+    """Flag an arm that ends at chance (diverged quietly, lr far too high, broken data): its status
+    becomes ``at_chance`` and the console says so. ``train.chance_check=false`` turns this off
+    (``budget=smoke`` does: its numbers mean nothing)."""
+    if not tcfg.get("chance_check", True) or not data.test_y.numel():
+        return result
+    level = chance_accuracy(data.test_y)
+    if result.final_test_acc <= level:
+        result.status = "at_chance"
+        print(f"sparse-run: warning: {desc} ended at chance (test accuracy {result.final_test_acc:.4f} <= "
+              f"{level:.4f}, the majority class's share + {CHANCE_SIGMAS:g} standard errors); its row has "
+              "status=at_chance: check train.lr and the data", file=sys.stderr)
+    return result
 
 
 def _eval_record(model: nn.Module, masks: MaskSet, data: DataBundle, step: int,

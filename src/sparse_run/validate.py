@@ -1,6 +1,7 @@
 """Config validation: every bad input becomes one line naming the field and what is allowed."""
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable
 
 
@@ -29,6 +30,8 @@ def number(value: Any, field: str, *, lo: float | None = None, hi: float | None 
     if isinstance(value, bool) or not ok_type:
         kind = "an integer" if integer else "a number"
         raise ConfigError(field, f"got {value!r}; must be {kind}")
+    if not math.isfinite(value):  # nan passes every comparison below; inf is never a usable setting
+        raise ConfigError(field, f"got {value!r}; must be a finite number")
     left = "(" if lo_open else "["
     right = ")" if hi_open else "]"
     interval = f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
@@ -37,3 +40,16 @@ def number(value: Any, field: str, *, lo: float | None = None, hi: float | None 
     if hi is not None and (value > hi or (hi_open and value == hi)):
         raise ConfigError(field, f"got {value!r}; must be in {interval}")
     return value
+
+
+def finite_floats(value: Any, field: str = "") -> None:
+    """Reject nan / inf anywhere in a plain (resolved) config: a non-finite float is never a
+    meaningful setting, and fields without a range check of their own would hand it to torch."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(field, f"got {value!r}; must be a finite number")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            finite_floats(v, f"{field}.{k}" if field else str(k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            finite_floats(v, f"{field}[{i}]")
