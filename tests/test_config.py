@@ -117,3 +117,11 @@ def test_resnet20_rewinds_late_at_the_full_learning_rate(budget):
     assert opt.param_groups[0]["lr"] == pytest.approx(t.lr)  # the schedule's full rate at the rewind point
     if budget == "paper":
         assert (t.steps, s.rewind_step, t.batch_size) == (30000, 500, 128)
+
+
+@pytest.mark.parametrize("experiment", ["lottery_vgg19_cifar10", "lottery_resnet20_cifar10"])
+def test_late_rewinding_never_rewinds_into_a_warmup(experiment):
+    """Every late-rewinding experiment rewinds to a point where the lr schedule is at its full rate."""
+    eff = effective(compose_cfg(f"experiment={experiment}", "budget=paper"))
+    assert eff.method.schedule.rewind == "step"
+    assert eff.train.warmup_steps <= eff.method.schedule.rewind_step

@@ -39,7 +39,7 @@ def test_vgg_resnet_experiments_prune_conv_globally_with_late_rewinding():
         assert c.method.schedule.rewind == "step" and c.method.schedule.rewind_step == 500
         assert c.train.optimizer == "sgd" and c.train.momentum == 0.9 and c.train.lr_schedule == "step"
         assert c.dataset.augment.crop_padding == 4 and c.dataset.augment.hflip
-    assert (vgg.train.lr, vgg.train.batch_size, vgg.train.steps, vgg.train.warmup_steps) == (0.1, 64, 112480, 10000)
+    assert (vgg.train.lr, vgg.train.batch_size, vgg.train.steps, vgg.train.warmup_steps) == (0.1, 64, 112480, 0)
     assert list(vgg.train.milestones) == [0.5, 0.75]
     assert (res.train.lr, res.train.batch_size, res.train.steps, res.train.warmup_steps) == (0.1, 128, 30000, 0)
     assert [round(m * 30000) for m in res.train.milestones] == [20000, 25000]
