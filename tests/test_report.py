@@ -201,3 +201,16 @@ def test_single_run_figure_names_no_group(tmp_path):
     made = report.run_figures(d)
     meta = json.loads(made[0].with_suffix(".json").read_text())
     assert meta["lines"] == ["dense (n=1)", "winning ticket (rewind) (n=1)"]
+
+
+def test_report_keeps_rows_that_ended_at_chance_in_means_and_lists_them(tmp_path):
+    """An arm flagged ``at_chance`` (e.g. a network pruned to nothing) is a result, not a failure."""
+    rows = imp_rows(0.2, ticket_acc=0.92)
+    rows[-1] = {**rows[-1], "test_acc": 0.1, "status": "at_chance"}
+    make_run(tmp_path, "a", {}, rows)
+    df = report.report(tmp_path / "lottery_mnist", quiet=True)
+    agg = report.aggregate(df)
+    last = agg[(agg.variant == "ticket") & (agg["round"] == 2)]
+    assert len(last) == 1 and abs(float(last.final_acc.iloc[0]) - 0.1) < 1e-9
+    text = (tmp_path / "lottery_mnist" / "report" / "table.txt").read_text()
+    assert "1 row(s) ended at chance" in text and "not complete" not in text

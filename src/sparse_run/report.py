@@ -436,9 +436,14 @@ def _identity(df: pd.DataFrame) -> pd.DataFrame:
     return ident
 
 
+# a finished row's status: "ok", or "at_chance" (a real result — e.g. a network pruned to nothing —
+# that the training loop flags; kept in means and figures, and listed under the table)
+FINISHED = ("ok", "at_chance")
+
+
 def _repeats(df: pd.DataFrame) -> pd.Series:
     """True for a finished row whose training another run directory already holds (counted there)."""
-    ok = (df.status == "ok") & df.group_key.notna()
+    ok = df.status.isin(FINISHED) & df.group_key.notna()
     ident = _identity(df[ok])
     cols = list(ident.columns)
     first = ident.assign(run_dir=df.run_dir[ok]).drop_duplicates(cols).set_index(cols).run_dir
@@ -448,7 +453,7 @@ def _repeats(df: pd.DataFrame) -> pd.Series:
 
 def counted(df: pd.DataFrame) -> pd.DataFrame:
     """Finished rows, each training once (drops the repeats ``collect`` marked; other frames pass)."""
-    ok = df[df.status == "ok"] if "status" in df else df
+    ok = df[df.status.isin(FINISHED)] if "status" in df else df
     return ok[ok.counted.fillna(True).astype(bool)] if "counted" in ok else ok
 
 
@@ -502,15 +507,20 @@ def report(root: Path, figures: bool = True, quiet: bool = False) -> pd.DataFram
     atomic_write_text(out / "all_runs.csv", rows_to_csv(df.to_dict("records"), SUMMARY_COLUMNS))
     agg = aggregate(df)
     table = format_table(agg)
-    failed = df[df.status != "ok"] if "status" in df else df.iloc[0:0]
+    failed = df[~df.status.isin(FINISHED)] if "status" in df else df.iloc[0:0]
+    chance = df[df.status.eq("at_chance")] if "status" in df else df.iloc[0:0]
     lines = [table]
-    repeats = df[df.status.eq("ok") & ~df.counted.fillna(True).astype(bool)] if "counted" in df else df.iloc[0:0]
+    repeats = df[df.status.isin(FINISHED) & ~df.counted.fillna(True).astype(bool)] if "counted" in df else df.iloc[0:0]
     if "small_dense" in set(agg.get("variant", [])):
         lines.append("(small_dense rows: density % is the matched sparse level; the model itself is dense)")
     if len(repeats):
         lines.append(f"\n{len(repeats)} row(s) repeat a training another run already holds (same configuration "
                      "and seed: a cached dense stage reused by several jobs, a replicate run again …) and are "
                      "counted once (all_runs.csv: counted = False).")
+    if len(chance):
+        lines.append(f"\n{len(chance)} row(s) ended at chance accuracy (status at_chance; included above):")
+        lines += [f"  {r['run_dir']} {r.get('method', '')} {r.get('variant', '')} round {r.get('round', '')}"
+                  for r in chance.to_dict("records")]
     if len(failed):
         lines.append(f"\n{len(failed)} job(s) not complete:")
         lines += [f"  {r['status']}: {r['run_dir']} {r.get('error', '') or ''}" for r in failed.to_dict('records')]
