@@ -122,6 +122,27 @@ def test_finetune_resume_continues_from_trained_weights(tmp_path, monkeypatch):
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_late_rewinding_dense_stage_resumed_past_its_rewind_step_leaves_a_usable_cache(tmp_path, monkeypatch):
+    """Resumed after the rewind step, the dense stage has no rewind state to cache; a later run that
+    shares the cache must still get one (it used to get None and fail at round 1)."""
+    cfg = cfg_of(*LATE, root=tmp_path)
+    real = results.RunWriter.save
+
+    def killed_after_dense_checkpoint(self, rel, obj):
+        path = real(self, rel, obj)
+        if rel == pipeline.INFLIGHT and obj["arm"] == "r0/dense":
+            raise Killed()
+        return path
+
+    monkeypatch.setattr(results.RunWriter, "save", killed_after_dense_checkpoint)
+    with pytest.raises(Killed):
+        pipeline.execute(cfg, tmp_path / "killed")
+    monkeypatch.setattr(results.RunWriter, "save", real)
+    pipeline.execute(cfg, tmp_path / "killed")
+    pipeline.execute(cfg, tmp_path / "other")  # same stage key: reuses whatever the cache holds
+    pd.testing.assert_frame_equal(frame(tmp_path / "killed"), frame(tmp_path / "other"))
+
+
 # -- 12. nothing we load can run code -------------------------------------------------------------
 
 def test_crafted_payload_runs_code_when_unpickled(tmp_path):
@@ -167,13 +188,17 @@ def test_crafted_final_checkpoint_is_refused_by_export(late_run, tmp_path):
     assert not marker.exists()
 
 
-def test_crafted_cache_entry_is_quarantined_and_recomputed(late_run, tmp_path, capsys):
+@pytest.mark.parametrize("damage", ["crafted", "truncated"])
+def test_unusable_cache_entry_is_quarantined_and_recomputed(late_run, tmp_path, capsys, damage):
     root, base = late_run
     (entry,) = (root / ".cache/dense").glob("*.pt")
     saved = entry.read_bytes()
     marker = tmp_path / "pwned"
     try:
-        craft(entry, marker)
+        if damage == "crafted":
+            craft(entry, marker)
+        else:
+            entry.write_bytes(saved[: len(saved) // 2])
         pipeline.execute(cfg_of(*LATE, root=root), tmp_path / "other")
         err = capsys.readouterr().err
         assert "warning" in err and entry.name in err and ".corrupt" in err, err

@@ -22,10 +22,10 @@ from omegaconf import DictConfig
 from . import data as data_mod
 from . import hardware, lanes, logger as logger_mod, models, report, stages
 from .config import to_dict
-from .validate import ConfigError
-from .results import RunWriter, StateError, atomic_write_text, load_state
+from .results import RESTART_HINT, RunWriter, StateError, atomic_write_text, load_state
 from .sparsity import CRITERIA, MaskSet, ScoreContext, iterative_density, keep_top, prunable, prune_fraction, rate_scales
 from .train import StepHook, TrainResult, train
+from .validate import ConfigError
 
 STATE = "checkpoints/progress.pt"
 INFLIGHT = "checkpoints/inflight.pt"
@@ -146,7 +146,7 @@ class Run:
                 missing = [k for k in TRAIN_STATE_KEYS if not isinstance(resume, dict) or k not in resume]
                 if missing:
                     raise StateError(inflight, f"is not a training state (missing {', '.join(missing[:5])}); "
-                                               "rerun with restart=true to start this run directory afresh")
+                                               + RESTART_HINT)
 
         def checkpoint(state: dict[str, Any]) -> None:
             self.writer.save(INFLIGHT, {"arm": key, "state": state})
@@ -394,11 +394,9 @@ def read_meta(meta_path: Path) -> dict[str, Any]:
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise StateError(meta_path, f"cannot be read ({type(e).__name__}); "
-                                    "rerun with restart=true to start this run directory afresh") from None
+        raise StateError(meta_path, f"cannot be read ({type(e).__name__}); {RESTART_HINT}") from None
     if not isinstance(meta, dict):
-        raise StateError(meta_path, "is not a sparse-run run.json; rerun with restart=true to start this run "
-                                    "directory afresh")
+        raise StateError(meta_path, f"is not a sparse-run run.json; {RESTART_HINT}")
     return meta
 
 
