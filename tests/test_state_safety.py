@@ -143,6 +143,28 @@ def test_late_rewinding_dense_stage_resumed_past_its_rewind_step_leaves_a_usable
     pd.testing.assert_frame_equal(frame(tmp_path / "killed"), frame(tmp_path / "other"))
 
 
+def test_gradual_pruning_resumed_mid_arm_keeps_every_pruning_event(tmp_path, monkeypatch):
+    """The per-layer rows of gradual pruning events before a kill survive the resume (layers.csv)."""
+    cfg = cfg_of("experiment=gmp_mnist", "budget=smoke", "threads=1", "method.schedule.final_sparsity=0.9",
+                 root=tmp_path)
+    pipeline.execute(cfg, tmp_path / "ref")
+    real = results.RunWriter.save
+
+    def killed_at_first_sparse_checkpoint(self, rel, obj):
+        path = real(self, rel, obj)
+        if rel == pipeline.INFLIGHT and obj["arm"] != "r0/dense":
+            raise Killed()
+        return path
+
+    monkeypatch.setattr(results.RunWriter, "save", killed_at_first_sparse_checkpoint)
+    with pytest.raises(Killed):
+        pipeline.execute(cfg, tmp_path / "killed")
+    monkeypatch.setattr(results.RunWriter, "save", real)
+    pipeline.execute(cfg, tmp_path / "killed")
+    pd.testing.assert_frame_equal(frame(tmp_path / "ref"), frame(tmp_path / "killed"))
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "ref/layers.csv"), pd.read_csv(tmp_path / "killed/layers.csv"))
+
+
 # -- 12. nothing we load can run code -------------------------------------------------------------
 
 def test_crafted_payload_runs_code_when_unpickled(tmp_path):

@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from . import data as data_mod
 from . import hardware, lanes, logger as logger_mod, models, report, stages
 from .config import to_dict
-from .results import RESTART_HINT, RunWriter, StateError, atomic_write_text, load_state
+from .results import RESTART_HINT, RunWriter, StateError, atomic_write_text, load_state, plain
 from .sparsity import CRITERIA, MaskSet, ScoreContext, iterative_density, keep_top, prunable, prune_fraction, rate_scales
 from .train import StepHook, TrainResult, train
 from .validate import ConfigError
@@ -147,9 +147,11 @@ class Run:
                 if missing:
                     raise StateError(inflight, f"is not a training state (missing {', '.join(missing[:5])}); "
                                                + RESTART_HINT)
+                if isinstance(saved.get("layers"), list):  # pruning events of this arm before the kill (hooks)
+                    self.writer.layers = list(saved["layers"])
 
         def checkpoint(state: dict[str, Any]) -> None:
-            self.writer.save(INFLIGHT, {"arm": key, "state": state})
+            self.writer.save(INFLIGHT, {"arm": key, "state": state, "layers": plain(self.writer.layers)})
 
         n_steps = int(t.steps if steps is None else steps)
 
