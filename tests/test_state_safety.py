@@ -277,6 +277,16 @@ def test_pinned_mnist_wheel_passes_its_checksum():
 
 # -- 14. corrupt or foreign state: one line, then restart=true --------------------------------------
 
+def test_corrupt_prepared_dataset_gives_one_line_naming_it(tmp_path):
+    cache = tmp_path / "mnist/tensors.pt"
+    cache.parent.mkdir(parents=True)
+    cache.write_bytes(b"PK\x03\x04 truncated")
+    cfg = compose_cfg("dataset=mnist").dataset
+    with pytest.raises(results.StateError) as e:
+        data_mod.load(cfg, str(tmp_path))
+    assert len(str(e.value).splitlines()) == 1 and str(cache) in str(e.value)
+
+
 def _truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 

@@ -23,7 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .datasets import augment
-from .results import file_mode
+from .results import file_mode, load_state
 from .validate import ConfigError, choice
 
 
@@ -270,7 +270,8 @@ def load(cfg: Any, data_dir: str, device: torch.device | str = "cpu",
     if cfg.source in GENERATORS:
         blob = GENERATORS[cfg.source](cfg)
     else:
-        blob = torch.load(prepare(cfg, data_dir), weights_only=True)
+        blob = load_state(prepare(cfg, data_dir), keys=("train_x", "train_y", "test_x", "test_y"),
+                          hint="delete it and the dataset is prepared again from its source")
     train_x, train_y = blob["train_x"], blob["train_y"]
     n = train_x.shape[0]
     val_size = int(cfg.val_size)
