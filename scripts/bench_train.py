@@ -42,6 +42,7 @@ from sparse_run import data as data_mod
 from sparse_run import models
 from sparse_run.config import effective
 from sparse_run.replicates import Lane, train_replicates
+from sparse_run.results import load_state
 from sparse_run.sparsity import MaskSet, prunable
 from sparse_run.train import train
 
@@ -132,7 +133,7 @@ class TorchvisionStyleMNIST(torch.utils.data.Dataset):
 def make_dataloader(cfg, n: int, workers: int) -> torch.utils.data.DataLoader:
     from torchvision import transforms
 
-    blob = torch.load(data_mod.prepare(cfg.dataset, cfg.paths.data_dir), weights_only=True)
+    blob = load_state(data_mod.prepare(cfg.dataset, cfg.paths.data_dir))
     tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((cfg.dataset.mean,), (cfg.dataset.std,))])
     ds = TorchvisionStyleMNIST(blob["train_x"][:n], blob["train_y"][:n], tf)
     return torch.utils.data.DataLoader(ds, batch_size=int(cfg.train.batch_size), shuffle=True, drop_last=True,

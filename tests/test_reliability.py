@@ -51,7 +51,7 @@ def test_sigkill_mid_round_then_rerun_equals_uninterrupted(tmp_path):
     while time.time() < deadline and proc.poll() is None:
         dirs = list((killed / "lottery_mnist").glob("*/checkpoints/inflight.pt")) if killed.exists() else []
         try:  # an arm that finishes removes its inflight checkpoint between the glob and the load
-            inflight = torch.load(dirs[0], weights_only=False) if dirs else None
+            inflight = torch.load(dirs[0], weights_only=True) if dirs else None
         except FileNotFoundError:
             inflight = None
         if inflight is not None and inflight["arm"] != "r0/dense":  # mid-round, after a pruning event

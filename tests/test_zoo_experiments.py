@@ -92,7 +92,7 @@ def test_batchnorm_statistics_are_rewound_with_the_weights(tmp_path, monkeypatch
     run_tiny(GLOBAL[1], tmp_path / "late", "method.schedule.rewind_step=3", *one_round)
     dense = seen[0]
     assert dense[0] == "round 0 dense" and int(dense[3]["bn.num_batches_tracked"]) == 8
-    rewind = torch.load(tmp_path / "late" / "run" / "checkpoints" / "rewind.pt", weights_only=False)["model"]
+    rewind = torch.load(tmp_path / "late" / "run" / "checkpoints" / "rewind.pt", weights_only=True)["model"]
     assert int(rewind["bn.num_batches_tracked"]) == 3 and not torch.equal(rewind["bn.running_mean"], dense[1]["bn.running_mean"])
     assert [d for d, *_ in seen] == ["round 0 dense", "round 1 ticket"]
     for desc, _, resume, _ in seen[1:]:

@@ -210,10 +210,20 @@ def disk_error_line(e: BaseException, run_dir: Path | None = None) -> str | None
 
 
 def _mark_failed(run_dir: Path, error: BaseException) -> None:
+    """Record the failure in ``run.json`` — only for a run this attempt started (or a directory
+    without one): a finished run, or one another process is running, is left as it is."""
+    from .pipeline import may_record_failure
     from .results import atomic_write_text
 
+    if not may_record_failure(run_dir, error):
+        return
     meta_path = run_dir / "run.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    try:
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    except (OSError, ValueError):
+        return  # unreadable: leave it for restart=true rather than overwrite what is there
+    if not isinstance(meta, dict):
+        return
     meta.update(status="failed", error=f"{type(error).__name__}: {error}",
                 finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
     atomic_write_text(meta_path, json.dumps(meta, indent=2))

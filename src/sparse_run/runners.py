@@ -14,6 +14,7 @@ import torch
 from omegaconf import OmegaConf
 
 from . import arms, models
+from .results import load_state
 from .sparsity import CRITERIA, MaskSet, ScoreContext, cubic_sparsity, gradual_events, levels, rate_scales
 from .sparsity import select as select_masks
 from .sparsity.selection import targets as layer_targets
@@ -75,7 +76,7 @@ def dense_baseline(run: "Run", prefix: str = "", method: str | None = None,
         run.train_arm(f"{prefix}r0/dense", model, masks, 0, "dense", target_density=1.0, method=method,
                       save_as=f"checkpoints/{prefix}round_00.pt", stage="dense", context=context)
     else:
-        model.load_state_dict(torch.load(path, weights_only=True)["model"])
+        model.load_state_dict(load_state(path, keys=("model",))["model"])
     return model
 
 

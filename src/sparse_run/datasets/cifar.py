@@ -2,6 +2,10 @@
 archive under the data root), downloaded through torchvision only when ``dataset.download`` is on.
 
 There is no offline source for CIFAR-10; without the files the error says how to get them.
+
+The batches are Python pickles, read with ``pickle.load``: unpickling runs whatever code a file
+names, so the files under the data root are trusted input — put only torchvision's / the Toronto
+archive's files there (the archive's published MD5 is ``c58f30108f718f92721af3b95e74349a``).
 """
 from __future__ import annotations
 

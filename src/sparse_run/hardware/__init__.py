@@ -114,7 +114,7 @@ def measure(run: Any) -> Path | None:
         return None
     import torch
 
-    from ..results import atomic_write_text, rows_to_csv
+    from ..results import atomic_write_text, load_state, rows_to_csv
     from ..sparsity import MaskSet, prunable
     from .env import environment
     from .formats import assert_pruned_zero
@@ -122,7 +122,7 @@ def measure(run: Any) -> Path | None:
     from .measurement import COLUMNS, measure_model, protocol
 
     hw = cfg.hardware
-    final = torch.load(run.dir / "checkpoints/final.pt", weights_only=True)
+    final = load_state(run.dir / "checkpoints/final.pt", keys=("model", "masks"))
     model = run.new_model(run.seed).cpu()
     assert_pruned_zero(final["model"], final["masks"])  # the model we time is the one that was trained
     model.load_state_dict({k: v.cpu() for k, v in final["model"].items()})
