@@ -45,7 +45,7 @@ def run_method(tmp_path, method: str, *overrides: str):
 def test_method_invariants(tmp_path, method):
     cfg, out = run_method(tmp_path, method, *SGD, *METHODS[method])
     summary, layers = pd.read_csv(out / "summary.csv"), pd.read_csv(out / "layers.csv")
-    assert (summary.status == "ok").all() and set(summary.variant) <= {"dense", "ticket", "reinit", "sparse",
+    assert summary.status.isin(["ok", "at_chance"]).all() and set(summary.variant) <= {"dense", "ticket", "reinit", "sparse",
                                                                         "small_dense"}
     # achieved = target at every pruning event: per layer within one weight, in total within one per layer
     per_layer = layers.dropna(subset=["target_density"])

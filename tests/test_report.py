@@ -214,3 +214,12 @@ def test_report_keeps_rows_that_ended_at_chance_in_means_and_lists_them(tmp_path
     assert len(last) == 1 and abs(float(last.final_acc.iloc[0]) - 0.1) < 1e-9
     text = (tmp_path / "lottery_mnist" / "report" / "table.txt").read_text()
     assert "1 row(s) ended at chance" in text and "not complete" not in text
+
+
+def test_console_table_shows_status_when_a_row_ended_at_chance():
+    df = pd.DataFrame({"round": [0, 1], "variant": ["dense", "ticket"], "density": [1.0, 0.01],
+                       "test_acc": [0.97, 0.1], "test_acc_at_early_stop": [0.97, 0.1], "early_stop_step": [10, 10],
+                       "wall_s": [0.1, 0.1], "status": ["ok", "at_chance"]})
+    out = report.console_table(df)
+    assert "status" in out.splitlines()[0] and "at_chance" in out
+    assert "status" not in report.console_table(df.assign(status="ok"))

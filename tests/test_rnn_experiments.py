@@ -79,7 +79,7 @@ def test_rnn_prune_seq_mnist_runs_at_smoke_on_the_stand_in(tmp_path):
                    "method.schedule.models=[{cell:lstm},{cell:tanh}]", "method.schedule.sparsities=[1.0]",
                    "train.steps=2000", "method.schedule.finetune_steps=500")
     summary = pd.read_csv(run / "summary.csv")
-    assert set(summary.dataset) == {"synthetic_seq_mnist"} and (summary.status == "ok").all()
+    assert set(summary.dataset) == {"synthetic_seq_mnist"} and summary.status.isin(["ok", "at_chance"]).all()
     assert list(summary.model_arm) == ["lstm"] * 4 + ["tanh"] * 4
     assert list(summary.policy_arm.fillna("")) == ["", "i2h+h2h", "i2h", "h2h"] * 2
     assert (summary[summary.variant == "sparse"].nonzeros == 0).all()
@@ -205,7 +205,7 @@ def test_experiment_runs_at_plain_smoke(name, extra, tmp_path):
     """``budget=smoke`` untrimmed, through the CLI (all four cells for the pruning experiments)."""
     run_cli(f"experiment={name}", "budget=smoke", "threads=1", f"paths.results_dir={tmp_path}", *extra)
     summary = pd.read_csv(next(tmp_path.rglob("summary.csv")))
-    assert (summary.status == "ok").all()
+    assert summary.status.isin(["ok", "at_chance"]).all()
     if name != "rnn_random_graph_reber":
         assert len(summary) == 4 * (1 + 3 * 2)  # cells × (dense + scopes × levels)
         assert (summary[summary.target_density == 0].nonzeros == 0).all()

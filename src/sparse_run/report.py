@@ -279,6 +279,8 @@ def console_table(df: pd.DataFrame) -> str:
              "wall_s": "s"}
     if "test_acc_before_finetune" in df and df.test_acc_before_finetune.notna().any():
         cols["test_acc_before_finetune"] = "before ft %"
+    if "status" in df and df.status.ne("ok").any():  # e.g. at_chance: say which rows learned nothing
+        cols["status"] = "status"
     t = df[[c for c in cols if c in df]].copy()
     if small.any() and "target_density" in df:  # the matched level, not the narrow model's own 100 %
         t["density"] = t.density.where(~small, df.target_density)
