@@ -98,6 +98,13 @@ def test_unwritable_results_dir_is_one_line(tmp_path, monkeypatch):
     assert not (tmp_path / "fine").exists()
 
 
+def test_results_dir_where_no_file_can_be_created_is_one_line(tmp_path):
+    """/proc accepts no new files, even from root (for whom os.access always says yes)."""
+    proc = run_cli("experiment=lottery_mnist", "budget=smoke", "paths.results_dir=/proc/sparse-run-x", check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
+    assert proc.stderr.startswith("error: paths.results_dir: /proc/sparse-run-x cannot be written")
+
+
 def test_wandb_online_without_a_key_is_one_line_before_any_write(tmp_path):
     home = tmp_path / "home"
     home.mkdir()

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 import time
 from importlib import resources
 from pathlib import Path
@@ -106,6 +107,13 @@ def check_writable_dir(path: Any, field: str) -> None:
         raise ConfigError(field, f"{p} cannot be created ({probe} is not a directory); allowed: a writable directory")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise ConfigError(field, f"{p} is not writable ({probe} denies write access); allowed: a writable directory")
+    # os.access says yes to root everywhere, and /proc or a read-only mount refuse anyway: try a file in
+    # the nearest existing folder for real (an unnamed temporary file, gone at once; nothing is created)
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        raise ConfigError(field, f"{p} cannot be written ({e.strerror or e}); allowed: a writable directory") from None
 
 
 def _flat_keys(node: Any, prefix: str = "") -> list[str]:
