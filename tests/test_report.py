@@ -223,3 +223,15 @@ def test_console_table_shows_status_when_a_row_ended_at_chance():
     out = report.console_table(df)
     assert "status" in out.splitlines()[0] and "at_chance" in out
     assert "status" not in report.console_table(df.assign(status="ok"))
+
+
+def test_report_lists_a_run_with_corrupt_files_and_reports_the_rest(tmp_path):
+    good = make_run(tmp_path, "good", {}, imp_rows(0.2))
+    bad = make_run(tmp_path, "bad", {"method.schedule.rate": 0.5}, imp_rows(0.5))
+    (bad / "run.json").write_bytes(b"\x00{garbage")
+    worse = make_run(tmp_path, "worse", {"method.schedule.rate": 0.7}, imp_rows(0.7))
+    (worse / "summary.csv").write_bytes(b"\xff\xfe\x00binary")
+    df = report.report(tmp_path / "lottery_mnist", quiet=True)
+    assert set(df[df.status == "ok"].run_dir) == {str(good)}
+    text = (tmp_path / "lottery_mnist" / "report" / "table.txt").read_text()
+    assert "unreadable run.json" in text and "unreadable summary.csv" in text

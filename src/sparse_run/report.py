@@ -363,8 +363,26 @@ def _job_config(d: Path) -> dict[str, Any]:
 
     for cand in (d / "config.yaml", d / ".hydra" / "config.yaml"):
         if cand.exists():
-            return yaml.safe_load(cand.read_text()) or {}
+            try:
+                loaded = yaml.safe_load(cand.read_text())
+            except (yaml.YAMLError, UnicodeDecodeError, OSError):
+                print(f"sparse-run-report: warning: {cand} is unreadable; that run is grouped by its overrides only",
+                      file=sys.stderr)
+                return {}
+            return loaded if isinstance(loaded, dict) else {}
     return {}
+
+
+def _job_meta(d: Path) -> dict[str, Any]:
+    """``run.json``, or a failed-status stand-in naming the problem (a report never stops on one bad run)."""
+    f = d / "run.json"
+    if not f.exists():
+        return {"status": "failed", "error": "no run.json"}
+    try:
+        meta = json.loads(f.read_text())
+    except (ValueError, UnicodeDecodeError, OSError) as e:
+        return {"status": "failed", "error": f"unreadable {f.name} ({type(e).__name__})"}
+    return meta if isinstance(meta, dict) else {"status": "failed", "error": f"unreadable {f.name} (not an object)"}
 
 
 def _sweep_label(d: Path) -> str:
@@ -391,8 +409,7 @@ def collect(root: Path) -> pd.DataFrame:
     flats: dict[str, dict[str, str]] = {}
     job_dirs = sorted({p.parent for p in root.rglob("run.json")} | {p.parent.parent for p in root.rglob(".hydra/config.yaml")})
     for d in job_dirs:
-        meta = json.loads((d / "run.json").read_text()) if (d / "run.json").exists() else {"status": "failed",
-                                                                                             "error": "no run.json"}
+        meta = _job_meta(d)
         summary = d / "summary.csv"
         sweep = _sweep_label(d)
         chash = meta.get("config_hash") if meta.get("status") == "complete" else None
@@ -405,8 +422,11 @@ def collect(root: Path) -> pd.DataFrame:
             dense = {k: v for k, v in flat.items() if _under(k, DENSE_DETERMINING)} if cfg else flat
             gk, dk = _key(flat), "d" + _key(dense)
             flats[gk], flats[dk] = flat, dense
-            frames.append(pd.read_csv(summary).assign(run_dir=str(d), sweep=sweep, group_key=gk, dense_key=dk))
-            continue
+            try:
+                frames.append(pd.read_csv(summary).assign(run_dir=str(d), sweep=sweep, group_key=gk, dense_key=dk))
+                continue
+            except (ValueError, UnicodeDecodeError, OSError) as e:  # pandas' parser errors are ValueErrors
+                meta = {"status": "failed", "error": f"unreadable summary.csv ({type(e).__name__})"}
         frames.append(pd.DataFrame([{
             "experiment": cfg.get("name"), "method": (cfg.get("method") or {}).get("name"),
             "model": (cfg.get("model") or {}).get("name"), "dataset": (cfg.get("dataset") or {}).get("name"),
