@@ -1,14 +1,15 @@
 """Sparse RNNs whose structure is a random graph (Darji's thesis, algorithm B; ``ArbitraryStructureRNN``).
 
 ``schedule.kind=graph_rnn``: per model arm (cell) and graph family, ``graphs`` graphs with n nodes
-drawn uniformly from ``nodes`` — Barabási–Albert ``ba(n, max(1, n // ba_m_div))`` (networkx's pre-2.6
-generator, as the thesis) and connected Watts–Strogatz ``cws(n, max(2, n // ws_k_div), ws_p, tries)`` (networkx). As in the thesis code,
-each undirected edge becomes u → v in networkx's edge order (u earlier in node order), the DAG is
-layered by longest path from the sources (pypaddle's ``LayeredGraph``), and every layer becomes a
-recurrent layer of as many units as it has nodes (``nets/graph_rnn.py``): edges between
-consecutive layers are the input-to-hidden mask of the later one, edges that skip layers give
-extra masked recurrent layers whose outputs are added, hidden-to-hidden weights stay dense, the
-embedding is as wide as the source layer and the classifier reads the last layer.
+drawn uniformly from ``nodes`` — Barabási–Albert ``ba(n, max(1, n // ba_m_div))`` (networkx's
+pre-2.6 generator, as the thesis) and connected Watts–Strogatz ``cws(n, max(2, n // ws_k_div),
+ws_p, tries)`` (networkx). As in the thesis code, each undirected edge becomes u → v in networkx's
+edge order (u earlier in node order), the DAG is layered by longest path from the sources
+(pypaddle's ``LayeredGraph``) and every layer becomes a recurrent layer of as many units as it has
+nodes (``nets/graph_rnn.py``): edges between consecutive layers are the input-to-hidden mask of the
+later one, edges that skip layers give extra masked recurrent layers whose outputs are added,
+hidden-to-hidden weights stay dense, the embedding is as wide as the source layer and the
+classifier reads the last layer.
 ``gate_masks``: ``repeat`` copies each mask row once per gate in a row (``np.repeat(mask, gates,
 0)``, what the thesis code does, so in a GRU / LSTM gate block g row j carries the edges of unit
 (g·n + j) // gates); ``tile`` gives every gate block the graph's own rows.
@@ -282,7 +283,7 @@ def validate(cfg: Any) -> None:
     choice(s.get("gate_masks"), "method.schedule.gate_masks", GATE_MASKS)
     if cfg.model.get("arch") != "rnn" or float(cfg.model.get("width", 1.0)) != 1.0:
         raise ConfigError("model", f"got arch={cfg.model.get('arch')}, width={cfg.model.get('width')}; "
-                                   "graph_rnn needs arch rnn with width 1.0 (its cell; layer sizes come from the graph)")
+                                   "graph_rnn needs arch rnn with width 1.0 (its cell; the graph sets the sizes)")
     if cfg.dataset.get("layout") != "tokens":
         raise ConfigError("dataset", f"got {cfg.dataset.get('name')} (layout {cfg.dataset.get('layout')}); graph_rnn "
                                      "needs token inputs (dataset=reber): its embedding is as wide as the source layer")
