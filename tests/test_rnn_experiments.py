@@ -154,7 +154,9 @@ def test_graph_becomes_pypaddle_layers_with_masks_between_them_and_skips():
     assert lay.mask(1, 2).tolist() == [[True, False]] and lay.mask(0, 2).tolist() == [[True, False]]
     lstm = graph_rnn.graph_masks(lay, "lstm", "repeat")
     assert set(lstm) == {"layers.1.weight_ih_l0", "layers.2.weight_ih_l0", "layers.3.weight_ih_l0",
-                         "skips.0.weight_ih_l0"}
+                         "skips.0.weight_ih_l0", "skips.0.weight_hh_l0"}
+    assert torch.equal(lstm["skips.0.weight_ih_l0"], lay.mask(0, 2).repeat_interleave(4, 0))  # one target block
+    assert lstm["skips.0.weight_hh_l0"].all()  # a single block: its own dense hidden-to-hidden
     # the thesis code's np.repeat(mask, gates, 0): each row 4 times in a row; tile: the mask once per gate block
     assert lstm["layers.1.weight_ih_l0"].tolist() == [[True, True]] * 4 + [[False, True]] * 4
     tile = graph_rnn.graph_masks(lay, "lstm", "tile")["layers.1.weight_ih_l0"]
@@ -173,7 +175,7 @@ def test_graph_rnn_has_one_recurrent_layer_per_dag_layer_sized_by_its_nodes():
     params = dict(model.named_parameters())
     masks = graph_rnn.graph_masks(lay, "gru", "repeat")
     assert all(params[n].shape == m.shape for n, m in masks.items())
-    assert not any("weight_hh" in n for n in masks)  # hidden-to-hidden inside a layer: dense
+    assert not any(n.startswith("layers.") and "weight_hh" in n for n in masks)  # inside a DAG layer: dense
     x = torch.tensor([[1, 2, 3, 0, 0], [4, 5, 6, 7, 1]])
     out = model(x)
     assert out.shape == (2, 2)
@@ -181,6 +183,56 @@ def test_graph_rnn_has_one_recurrent_layer_per_dag_layer_sized_by_its_nodes():
         assert torch.allclose(model(x[:, :3])[0], out[0], atol=1e-6)
         model.skips[0].weight_ih_l0.mul_(0).add_(5.0)
         assert not torch.allclose(model(x), out)
+
+
+def _thesis_forward(model, lay, x):
+    """The thesis' forward with one separate recurrent layer per skip pair, weights cut out of the fused blocks."""
+    from sparse_run.nets.graph_rnn import block_rows, cell_layer, skip_groups
+
+    gates = graph_rnn.GATES[model.cell]
+    separate = {}
+    for (s, ts), mod in zip(skip_groups(lay.skips), model.skips):
+        sizes = [lay.sizes[t] for t in ts]
+        off = 0
+        for t, n, rows in zip(ts, sizes, block_rows(gates, sizes)):
+            own = cell_layer(model.cell, lay.sizes[s], n)
+            idx = torch.cat(rows)
+            with torch.no_grad():
+                own.weight_ih_l0.copy_(mod.weight_ih_l0[idx])
+                own.weight_hh_l0.copy_(mod.weight_hh_l0[idx][:, off:off + n])
+                own.bias_ih_l0.copy_(mod.bias_ih_l0[idx])
+                own.bias_hh_l0.copy_(mod.bias_hh_l0[idx])
+            separate[(s, t)] = own
+            off += n
+    h, results = model.embed(x), {}
+    for i, layer in enumerate(model.layers):
+        h = layer(h)[0]
+        for (s, t), own in separate.items():
+            if t == i:
+                h = h + own(results[s])[0]
+        results[i] = h
+    last = (x != 0).sum(1) - 1
+    return model.out(h[torch.arange(h.shape[0]), last])
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm", "tanh"])
+def test_fused_skip_modules_equal_the_thesis_separate_skip_layers(cell):
+    g = graph_rnn.barabasi_albert(24, 2, seed=5)
+    lay = graph_rnn.layering(graph_rnn.dag(g))
+    groups = [ts for _, ts in graph_rnn.skip_groups(lay.skips)]
+    assert any(len(ts) > 1 for ts in groups)  # some source feeds several skip targets: blocks share a module
+    torch.manual_seed(0)
+    model = graph_rnn.GraphRNNClassifier(cell, lay.sizes, lay.skips, vocab_size=8, num_classes=2)
+    params = dict(model.named_parameters())
+    masks = MaskSet({n: params[n] for n in graph_rnn.graph_masks(lay, cell, "repeat")})
+    masks.set(graph_rnn.graph_masks(lay, cell, "repeat"))
+    for (_, ts), mod in zip(graph_rnn.skip_groups(lay.skips), model.skips):  # each block drawn as its own layer
+        for t, rows in zip(ts, graph_rnn.block_rows(graph_rnn.GATES[cell], [lay.sizes[t] for t in ts])):
+            assert mod.bias_ih_l0[torch.cat(rows)].abs().max() <= 1 / math.sqrt(lay.sizes[t])
+    x = torch.randint(1, 8, (5, 11))
+    x[0, 7:] = 0
+    with torch.no_grad():
+        assert torch.allclose(model(x), _thesis_forward(model, lay, x), atol=1e-5)
 
 
 def test_barabasi_albert_graphs_start_from_m_isolated_nodes_as_the_thesis():

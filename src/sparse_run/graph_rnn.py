@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from . import arms, models
-from .nets.graph_rnn import GraphRNNClassifier
+from .nets.graph_rnn import GATES, GraphRNNClassifier, block_rows, skip_groups
 from .results import atomic_write_text, rows_to_csv
 from .sparsity import MaskSet
 from .validate import ConfigError, choice, number
@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 
 FAMILIES = ("ba", "ws")
 GATE_MASKS = ("repeat", "tile")
-GATES = {"tanh": 1, "relu": 1, "gru": 3, "lstm": 4}
 PROPERTIES = ("layers", "nodes", "edges", "sources", "sinks", "diameter", "density", "avg_path_length",
               "eccentricity_mean", "eccentricity_var", "eccentricity_std", "degree_mean", "degree_var", "degree_std",
               "closeness_mean", "closeness_var", "closeness_std", "betweenness_mean", "betweenness_var",
@@ -159,10 +158,24 @@ def gate_rows(mask: torch.Tensor, gates: int, how: str) -> torch.Tensor:
 
 
 def graph_masks(lay: Layered, cell: str, how: str) -> dict[str, torch.Tensor]:
-    """The input-to-hidden masks the graph fixes: every layer after the first, every skip layer."""
+    """The masks the graph fixes: input-to-hidden of every layer after the first; for each skip module (one per
+    source layer, ``nets/graph_rnn.py``) input-to-hidden rows per target block and a block-diagonal
+    hidden-to-hidden mask, so each block is the thesis' own skip layer from that source to that target."""
     g = GATES[cell]
     out = {f"layers.{t}.weight_ih_l0": gate_rows(lay.mask(t - 1, t), g, how) for t in range(1, len(lay.layers))}
-    out.update({f"skips.{k}.weight_ih_l0": gate_rows(lay.mask(s, t), g, how) for k, (s, t) in enumerate(lay.skips)})
+    for k, (s, ts) in enumerate(skip_groups(lay.skips)):
+        sizes = [lay.sizes[t] for t in ts]
+        total = sum(sizes)
+        ih = torch.zeros(g * total, lay.sizes[s], dtype=torch.bool)
+        hh = torch.zeros(g * total, total, dtype=torch.bool)
+        off = 0
+        for t, n, rows in zip(ts, sizes, block_rows(g, sizes)):
+            own = gate_rows(lay.mask(s, t), g, how)  # [g·n, |s|] as the thesis' separate layer lays it out
+            for gate, r in enumerate(rows):
+                ih[r] = own[gate * n:(gate + 1) * n]
+                hh[r, off:off + n] = True
+            off += n
+        out[f"skips.{k}.weight_ih_l0"], out[f"skips.{k}.weight_hh_l0"] = ih, hh
     return out
 
 
