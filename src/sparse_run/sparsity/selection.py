@@ -4,13 +4,13 @@ Scope decides how many weights each layer keeps: ``layerwise`` (every layer the 
 or the policy's per-layer rate scales, still meeting the total), ``global`` (one threshold over
 all layers), ``erk`` (Erdős–Rényi-kernel: layer density ∝ Σ shape / Π shape, dense layers
 capped at 1 and the excess redistributed) or ``percentile`` (one threshold over all layers, numpy's
-default percentile of the scores, keeping every score ≥ it: the sparse-RNN thesis' ``PruneRNN``;
-counts then follow the threshold, not ``round(density × numel)``). Pattern decides the shape of what is pruned; only
-``unstructured`` exists here (block / channel / N:M patterns plug in through ``pattern``).
+default percentile of the scores, keeping every score ≥ it: the sparse-RNN thesis' ``PruneRNN``).
+Pattern decides the shape of what is pruned; only ``unstructured`` exists here (block / channel / N:M patterns plug in through ``pattern``).
 
 Pruned weights score -inf so a selection never revives them, and ties are broken by position
 (stable sort), so masks are deterministic. Counts are integers whose total is exactly
-``round(density × numel)`` (when that many weights are still alive).
+``round(density × numel)`` (when that many weights are still alive), except under ``percentile``,
+where the threshold decides (ties at it survive).
 """
 from __future__ import annotations
 
