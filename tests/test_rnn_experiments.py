@@ -333,6 +333,7 @@ def test_bad_rnn_prune_fields_are_one_line_errors(override, field):
     (["method.schedule.families=[er]"], "method.schedule.families[0]"),
     (["method.schedule.nodes=[10]"], "method.schedule.nodes"),
     (["method.schedule.gate_masks=interleave"], "method.schedule.gate_masks"),
+    (["method.schedule.ba_m_div=1"], "method.schedule.ba_m_div"),
     (["dataset=seq_mnist"], "dataset"),
     (["model.width=0.5"], "model"),
 ])

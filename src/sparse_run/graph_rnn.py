@@ -289,8 +289,8 @@ def validate(cfg: Any) -> None:
         raise ConfigError("method.schedule.nodes", f"got {s.nodes!r}; allowed: [min, max] node counts")
     lo = number(s.nodes[0], "method.schedule.nodes[0]", lo=3, integer=True)
     number(s.nodes[1], "method.schedule.nodes[1]", lo=lo, integer=True)
-    number(s.ba_m_div, "method.schedule.ba_m_div", lo=1, integer=True)
-    number(s.ws_k_div, "method.schedule.ws_k_div", lo=1, integer=True)
+    number(s.ba_m_div, "method.schedule.ba_m_div", lo=2, integer=True)  # m = n // div < n: a connected graph
+    number(s.ws_k_div, "method.schedule.ws_k_div", lo=2, integer=True)  # k = n // div < n
     number(s.ws_p, "method.schedule.ws_p", lo=0, hi=1)
     number(s.ws_tries, "method.schedule.ws_tries", lo=1, integer=True)
     choice(s.get("gate_masks"), "method.schedule.gate_masks", GATE_MASKS)
