@@ -4,7 +4,7 @@
   matrices pruned, one panel per scope (rows) × cell (columns): right after pruning, after each
   fine-tuning interval (``test_acc_ft_<k>``), and the dense model of that cell;
 - ``figures/graph_rnn.png``: graph RNNs — test accuracy against each graph property, with each
-  cell's Pearson r (``correlations.csv``).
+  cell's Pearson r (``correlations.csv``) and, in brackets, the thesis' r for that cell.
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def prune_figure(df: pd.DataFrame, out: Path, title: str) -> Path:
             ax.set_title(f"{cell or 'model'} · {scope or 'all'}", fontsize=9)
             ax.grid(True, alpha=0.3)
             if i == len(scopes) - 1:
-                ax.set_xlabel("pruned per matrix (%)")
+                ax.set_xlabel("p: pruning percentile of |W| (%)")
             if j == 0:
                 ax.set_ylabel("test accuracy (%)")
     axes[0][0].set_ylim(max(0.0, lo * 100 - 5), 101)
@@ -90,7 +90,8 @@ def graph_figure(df: pd.DataFrame, corr: pd.DataFrame, out: Path, title: str) ->
             c = corr[(corr.model_arm.fillna("").astype(str) == cell) & (corr.graph_family == "all")
                      & (corr.property == prop)]
             r = float(c.r.iloc[0]) if len(c) else math.nan
-            rs.append(f"{r:+.2f}" if math.isfinite(r) else "n/a")
+            t = float(c.thesis_r.iloc[0]) if len(c) and "thesis_r" in c else math.nan
+            rs.append((f"{r:+.2f}" if math.isfinite(r) else "n/a") + (f" ({t:+.2f})" if math.isfinite(t) else ""))
         ax.set_title(f"{prop}: r = {', '.join(rs)}", fontsize=8)
         ax.grid(True, alpha=0.3)
         ax.tick_params(labelsize=7)
@@ -101,7 +102,7 @@ def graph_figure(df: pd.DataFrame, corr: pd.DataFrame, out: Path, title: str) ->
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower right", fontsize=8, ncol=2)
     fig.suptitle(f"{title}\nr: Pearson correlation with test accuracy, per cell ({', '.join(c or 'model' for c in cells)}),"
-                 " both families pooled", fontsize=9)
+                 " both families pooled; (thesis' r, its raw CSVs)", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.94))
     return save_figure(fig, out, {"title": title, **_provenance(df)})
 

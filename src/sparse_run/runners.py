@@ -38,7 +38,7 @@ def criteria_of(cfg: Any) -> list[str]:
 def prune_to(run: "Run", model: torch.nn.Module, masks: MaskSet, criterion: str, density: float,
              tag: Any) -> dict[str, float] | None:
     """Score with ``criterion`` and set ``masks`` to ``density`` of the prunable weights under the
-    method's selection; returns the per-layer planned densities (None for global scope)."""
+    method's selection; returns the per-layer planned densities (None for global / percentile scope)."""
     method = run.cfg.method
     scope, pattern = method.selection.scope, method.selection.pattern
     scales = rate_scales(model, method.policy, masks.names())

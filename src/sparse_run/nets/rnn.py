@@ -40,7 +40,7 @@ class RNNClassifier(nn.Module):
             y, _ = self.rnn(x)
             return self.out(y[:, -1])
         last = (x != PAD).sum(1).clamp(min=1) - 1  # right-padded: index of each last real token
-        y, _ = self.rnn(self.embed(x))
+        y, _ = self.rnn(self.embed(x[:, :int(last.max()) + 1]))  # steps after every string's end change nothing
         return self.out(y[torch.arange(y.shape[0], device=y.device), last])
 
 

@@ -2,13 +2,15 @@
 
 Scope decides how many weights each layer keeps: ``layerwise`` (every layer the same fraction,
 or the policy's per-layer rate scales, still meeting the total), ``global`` (one threshold over
-all layers) or ``erk`` (Erdős–Rényi-kernel: layer density ∝ Σ shape / Π shape, dense layers
-capped at 1 and the excess redistributed). Pattern decides the shape of what is pruned; only
-``unstructured`` exists here (block / channel / N:M patterns plug in through ``pattern``).
+all layers), ``erk`` (Erdős–Rényi-kernel: layer density ∝ Σ shape / Π shape, dense layers
+capped at 1 and the excess redistributed) or ``percentile`` (one threshold over all layers, numpy's
+default percentile of the scores, keeping every score ≥ it: the sparse-RNN thesis' ``PruneRNN``).
+Pattern decides the shape of what is pruned; only ``unstructured`` exists here (block / channel / N:M patterns plug in through ``pattern``).
 
 Pruned weights score -inf so a selection never revives them, and ties are broken by position
 (stable sort), so masks are deterministic. Counts are integers whose total is exactly
-``round(density × numel)`` (when that many weights are still alive).
+``round(density × numel)`` (when that many weights are still alive), except under ``percentile``,
+where the threshold decides (ties at it survive).
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import torch
 from ..validate import choice
 from .masks import MaskSet
 
-SCOPES = ("layerwise", "global", "erk")
+SCOPES = ("layerwise", "global", "erk", "percentile")
 PATTERNS = ("unstructured",)
 
 
@@ -55,6 +57,28 @@ def prune_fraction(scores: dict[str, torch.Tensor], masks: MaskSet, rate: float,
         return {n: keep_top(s[n], alive[n] - round(alive[n] * rate * scales[n])) for n in s}
     total_keep = sum(alive.values()) - round(sum(alive.values()) * rate)
     return keep_global(s, total_keep)
+
+
+def percentile(values: torch.Tensor, q: float) -> float:
+    """``np.percentile(values, q)`` (method ``linear``), computed as numpy does in the values' own dtype: rank
+    (N − 1) · q / 100, then its two-sided lerp between the neighbours (so q = 100 gives the maximum exactly)."""
+    v = torch.sort(values.flatten()).values
+    pos = (v.numel() - 1) * (min(max(float(q), 0.0), 100.0) / 100.0)
+    lo = math.floor(pos)
+    hi, t = min(lo + 1, v.numel() - 1), pos - lo
+    a, b = v[lo], v[hi]
+    return float(b - (b - a) * (1 - t) if t >= 0.5 else a + (b - a) * t)
+
+
+def keep_percentile(scores: dict[str, torch.Tensor], masks: dict[str, torch.Tensor],
+                    q: float) -> dict[str, torch.Tensor]:
+    """One threshold for all layers: the q-th percentile of the alive scores; keeps every alive score ≥ it
+    (ties at the threshold survive, so q = 100 keeps the maximum)."""
+    alive = torch.cat([scores[n][masks[n]].flatten() for n in masks])
+    if not alive.numel():
+        return {n: torch.zeros_like(m) for n, m in masks.items()}
+    t = percentile(alive, q)
+    return {n: (scores[n] >= t) & masks[n] for n in masks}
 
 
 def keep_global(scores: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
@@ -112,7 +136,7 @@ def layer_counts(sizes: dict[str, int], shapes: dict[str, tuple[int, ...]], dens
                  scales: dict[str, float] | None = None, alive: dict[str, int] | None = None) -> dict[str, int] | None:
     """Weights each layer keeps at overall ``density`` (None for ``global``: one threshold decides)."""
     choice(scope, "method.selection.scope", SCOPES)
-    if scope == "global":
+    if scope in ("global", "percentile"):
         return None
     alive = alive or dict(sizes)
     total = sum(sizes.values())
@@ -140,6 +164,9 @@ def select(scores: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], dens
     s = _masked(scores, masks)
     sizes = {n: m.numel() for n, m in masks.items()}
     alive = {n: int(m.sum()) for n, m in masks.items()}
+    if scope == "percentile":  # prune the lowest q % of the alive scores, q set so that ≈ density of all survive
+        q = 100.0 * (1.0 - density * sum(sizes.values()) / max(1, sum(alive.values())))
+        return keep_percentile(scores, masks, round(q, 9))
     counts = layer_counts(sizes, {n: tuple(m.shape) for n, m in masks.items()}, density, scope, scales, alive)
     if counts is None:
         return keep_global(s, min(round(density * sum(sizes.values())), sum(alive.values())))
@@ -148,7 +175,7 @@ def select(scores: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], dens
 
 def targets(masks: dict[str, torch.Tensor], density: float, scope: str,
             scales: dict[str, float] | None = None) -> dict[str, float] | None:
-    """Per-layer planned densities for the report (None for ``global``)."""
+    """Per-layer planned densities for the report (None for ``global`` / ``percentile``)."""
     sizes = {n: m.numel() for n, m in masks.items()}
     alive = {n: int(m.sum()) for n, m in masks.items()}
     counts = layer_counts(sizes, {n: tuple(m.shape) for n, m in masks.items()}, density, scope, scales, alive)
