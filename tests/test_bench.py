@@ -1,6 +1,6 @@
 """The speed benchmark runs end to end (a few seconds at this size) and writes every documented key;
-its ratios are measured by hand, not asserted: timings on shared machines are noise (README
-"Performance")."""
+its ratios are measured by hand, not asserted: timings on shared machines are noise
+(docs/performance.md)."""
 from __future__ import annotations
 
 import json

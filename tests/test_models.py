@@ -20,7 +20,7 @@ ALL_LAYERS = ["linear", "conv", "rnn"]
 
 # Prunable weights (linear + conv + RNN matrices; never biases / BatchNorm / embeddings).
 # LeNet-300-100 and Conv-2/4 match the LTH paper's table (266K, 4.3M, 2.4M); its Conv-6 entry says
-# 1.7M but the stated architecture has 2,261,184 (README "Models"). ResNet-20 with 1×1 projection
+# 1.7M but the stated architecture has 2,261,184 (docs/models.md). ResNet-20 with 1×1 projection
 # shortcuts has the paper's "ResNet-18" 271K; VGG-19 the paper's 20.0M.
 EXPECTED = [
     ("lenet_300_100", MNIST, 266_200),

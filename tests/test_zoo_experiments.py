@@ -116,7 +116,7 @@ def test_batchnorm_statistics_are_rewound_with_the_weights(tmp_path, monkeypatch
 @pytest.mark.parametrize("name,extra", [(n, []) for n in CONV + GLOBAL[1:]] + [(GLOBAL[0], ["model.width=0.25"])])
 def test_experiment_runs_at_plain_smoke_through_the_cli(name, extra, tmp_path):
     """The command a user types, on an empty data dir (VGG-19 at quarter width: full width is
-    about an hour of CPU time at budget=smoke, see README)."""
+    about an hour of CPU time at budget=smoke, see docs/papers/lottery.md)."""
     proc = run_cli(f"experiment={name}", "budget=smoke", "threads=1", f"paths.results_dir={tmp_path}",
                    f"paths.data_dir={tmp_path / 'no-data'}", *extra, timeout=3600)
     assert "running on synthetic_cifar10" in proc.stdout
