@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from conftest import CLI, compose_cfg, run_cli
 from sparse_run import data as data_mod
 from sparse_run import pipeline, results
-from sparse_run.config import effective
+from sparse_run.config import effective, explicit_keys
 from sparse_run.validate import ConfigError
 
 SMOKE = ["experiment=lottery_mnist", "budget=smoke", "threads=1"]
@@ -55,7 +55,9 @@ def craft(path: Path, marker: Path, template: dict | None = None) -> None:
 
 
 def cfg_of(*overrides: str, root: Path):
-    return effective(compose_cfg(*overrides, f"paths.results_dir={root}"))
+    """The effective config ``sparse-run`` builds from these overrides (command-line keys unscaled)."""
+    args = [*overrides, f"paths.results_dir={root}"]
+    return effective(compose_cfg(*args), explicit_keys(args))
 
 
 def frame(run_dir: Path) -> pd.DataFrame:
