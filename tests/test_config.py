@@ -11,7 +11,7 @@ import yaml
 
 from conftest import REPO, compose_cfg, run_cli
 from sparse_run.cli import groups
-from sparse_run.config import effective
+from sparse_run.execute import effective
 
 EXPERIMENTS = groups()["experiment"]
 BUDGETS = groups()["budget"]
@@ -103,7 +103,7 @@ def test_resnet20_rewinds_late_at_the_full_learning_rate(budget):
     0.1, not to a point inside a warmup where the lr is ~1/40 of its peak and the weights are ~θ0."""
     import torch
 
-    from sparse_run.train import make_lr_schedule
+    from sparse_run.engine.train import make_lr_schedule
 
     eff = effective(compose_cfg("experiment=lottery_resnet20_cifar10", f"budget={budget}"))
     t, s = eff.train, eff.method.schedule

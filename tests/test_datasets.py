@@ -12,9 +12,9 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import compose_cfg
-from sparse_run import data
-from sparse_run.datasets import augment, cifar, reber
-from sparse_run.validate import ConfigError
+from sparse_run.data import sources as data
+from sparse_run.data import augment, cifar, reber
+from sparse_run.config import ConfigError
 
 DEBIAN_FASHION = Path(data.FASHION_SYSTEM_DIRS[0])
 
@@ -132,7 +132,7 @@ def test_crop_flip_is_a_padded_crop_or_its_mirror_with_black_fill():
 def test_train_loop_augments_training_batches_only():
     from sparse_run.data import DataBundle, DataSpec
     from sparse_run.sparsity import MaskSet
-    from sparse_run.train import train
+    from sparse_run.engine.train import train
 
     calls = []
 

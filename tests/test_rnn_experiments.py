@@ -13,13 +13,15 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from conftest import compose_cfg, run_cli
-from sparse_run import graph_rnn, pipeline
-from sparse_run.config import effective
+from sparse_run import execute as execute_mod
+from sparse_run.engine import run as run_mod
+from sparse_run.studies import graph_rnn
+from sparse_run.execute import effective
 from sparse_run.data import DataBundle, DataSpec
 from sparse_run.sparsity import MaskSet, select
 from sparse_run.sparsity.selection import percentile
-from sparse_run.train import train
-from sparse_run.validate import ConfigError
+from sparse_run.engine.train import train
+from sparse_run.config import ConfigError
 
 # Seconds on one thread: a sliver of the data, a few steps, one or two cells.
 TINY = ["budget=smoke", "threads=1", "budget.min_steps=1", "budget.train_subset=256", "budget.eval_subset=128",
@@ -29,7 +31,7 @@ TINY = ["budget=smoke", "threads=1", "budget.min_steps=1", "budget.train_subset=
 def run_tiny(name: str, tmp_path, *extra: str):
     cfg = effective(compose_cfg(f"experiment={name}", f"paths.results_dir={tmp_path}",
                                 f"paths.data_dir={tmp_path / 'no-data'}", *TINY, *extra))
-    return pipeline.execute(cfg, tmp_path / "run")
+    return execute_mod.execute(cfg, tmp_path / "run")
 
 
 def test_experiments_carry_the_thesis_protocol():
@@ -165,7 +167,7 @@ def test_graph_becomes_pypaddle_layers_with_masks_between_them_and_skips():
 
 
 def test_graph_rnn_has_one_recurrent_layer_per_dag_layer_sized_by_its_nodes():
-    from sparse_run.nets.graph_rnn import GraphRNNClassifier
+    from sparse_run.models.graph_rnn import GraphRNNClassifier
 
     lay = graph_rnn.layering(graph_rnn.dag(_toy_graph()))
     model = GraphRNNClassifier("gru", lay.sizes, lay.skips, vocab_size=8, num_classes=2)
@@ -187,7 +189,7 @@ def test_graph_rnn_has_one_recurrent_layer_per_dag_layer_sized_by_its_nodes():
 
 def _thesis_forward(model, lay, x):
     """The thesis' forward with one separate recurrent layer per skip pair, weights cut out of the fused blocks."""
-    from sparse_run.nets.graph_rnn import block_rows, cell_layer, skip_groups
+    from sparse_run.models.graph_rnn import block_rows, cell_layer, skip_groups
 
     gates = graph_rnn.GATES[model.cell]
     separate = {}
@@ -262,7 +264,7 @@ def test_graph_rnn_smoke_trains_the_layered_rnn_of_each_graph(tmp_path):
     summary = pd.read_csv(run / "summary.csv")
     assert len(summary) == 6 and set(summary.graph_family) == {"ba", "ws"}
     cfg = OmegaConf.load(run / "config.yaml")
-    fake = pipeline.Run(cfg=cfg, dir=run, data=None, writer=None, log=None, device=torch.device("cpu"))
+    fake = run_mod.Run(cfg=cfg, dir=run, data=None, writer=None, log=None, device=torch.device("cpu"))
     depths = set()
     for row in summary.itertuples():
         g, lay, seed = graph_rnn.graph_spec(fake, row.graph_family, int(row.round) - 1)
