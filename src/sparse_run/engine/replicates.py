@@ -6,7 +6,7 @@ exactly as ``train()`` draws it), its own augmentation draws (``dataset.augment`
 seed and the step, as in ``train()``), its own masks and its own optimizer state. The weights of the K
 lanes are stacked along a new leading dimension and trained together:
 
-* the forward pass is one batched matmul per layer (``baddbmm``) for the MLPs of ``models.py``,
+* the forward pass is one batched matmul per layer (``baddbmm``) for the MLPs of ``models/build.py``,
   and ``torch.func.vmap`` over ``functional_call`` for any other architecture;
 * the loss is the sum of the K per-lane mean losses, so each lane's gradient is exactly the
   gradient of its own mean loss;
@@ -20,6 +20,9 @@ While a pass runs, each lane's ``nn.Module`` parameters are views into the stack
 hooks (gradual / dynamic schedules) can read and prune a lane's model in place; at the end every
 lane gets its own storage back. Checkpoints, ``resume`` and ``capture`` use ``train()``'s state
 format per lane, so a lane can be resumed (or rewound) by either trainer.
+
+Slightly over 400 lines: the lock-step loop mirrors ``train.train`` step for step and stays in one piece until
+the two loops become one (issue 13, item 4).
 """
 from __future__ import annotations
 

@@ -173,7 +173,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 81
     return loss / x.shape[0], correct / x.shape[0]
 
 
-SHOW_PROGRESS = True  # the run's `progress` setting (pipeline.execute sets it); bars only on a terminal
+SHOW_PROGRESS = True  # the run's `progress` setting (execute.execute sets it); bars only on a terminal
 
 
 def _progress(total: int, desc: str, start: int) -> Any:

@@ -5,6 +5,10 @@ would, next to the dense model in the same process, and say whether it got faste
 selection pattern with what the target can execute (an announced switch where the method allows,
 a one-line ``ConfigError`` otherwise). ``measure(run)`` runs after training and writes
 ``hardware.csv`` and ``hardware.json`` (README "Hardware targets"); ``report.hardware`` draws them.
+
+A layer above the engine (it times with the engine's oneDNN kernels) and below the report: may import
+``engine``, ``sparsity``, ``store`` and ``config``; never report, methods, studies or execute. The timing
+protocol and sparse formats live here; the kernel study that drives them is ``studies/kernel_study.py``.
 """
 from __future__ import annotations
 
@@ -105,7 +109,7 @@ def _constrain_pattern(cfg: Any) -> None:
 
 
 def measure(run: Any) -> Path | None:
-    """Time the final model dense vs on the target; write hardware.csv / .json and the figure."""
+    """Time the final model dense vs on the target; write hardware.csv / .json (execute draws the figure)."""
     cfg = run.cfg
     if cfg.hardware.execution == "dense":
         return None

@@ -130,7 +130,7 @@ def train_nm_arm(run: Run, arm: Arm, *, save_as: str | None = None) -> None:
             new = masks.clone_masks()
             for name, (n, m) in patterns.items():
                 new[name] = nm_sel.nm_mask(masks.params[name], n, m)
-            masks.set(new)  # from here the pipeline's masking keeps the pruned weights at zero
+            masks.set(new)  # from here the engine's masking keeps the pruned weights at zero
             flops = flops_mod.arm_flops(costs, shapes, patterns, "oneshot", batch, steps, dense_steps=steps)
         else:
             ctl = NMTraining(model, patterns, arm.variant, arm.decay, final_step=steps)

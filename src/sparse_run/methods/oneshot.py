@@ -1,5 +1,5 @@
 """One-shot pruning (``schedule.kind=oneshot``): train dense, prune the trained weights once per level,
-fine-tune; model and policy arms (``arms.py``) repeat it per cell and per prunable-weight scope."""
+fine-tune; model and policy arms (``engine/arms.py``) repeat it per cell and per prunable-weight scope."""
 from __future__ import annotations
 
 from typing import Any
@@ -19,7 +19,7 @@ def run_oneshot(run: Run) -> None:
     """Train dense, then per level: prune the *same* trained weights once, fine-tune
     ``finetune_steps``; ``test_acc_before_finetune`` is measured right after pruning.
 
-    ``schedule.models`` / ``method.policies`` (``arms.py``) repeat this per model arm (one dense
+    ``schedule.models`` / ``method.policies`` (``engine/arms.py``) repeat this per model arm (one dense
     model each) and per policy arm (which weights are prunable); ``schedule.finetune_evals`` = E
     evaluates fine-tuning E times at equal intervals, each into a ``test_acc_ft_<k>`` column."""
     sched, method = run.cfg.method.schedule, run.cfg.method

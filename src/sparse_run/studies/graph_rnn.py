@@ -140,7 +140,7 @@ def gate_rows(mask: torch.Tensor, gates: int, how: str) -> torch.Tensor:
 
 def graph_masks(lay: Layered, cell: str, how: str) -> dict[str, torch.Tensor]:
     """The masks the graph fixes: input-to-hidden of every layer after the first; for each skip module (one per
-    source layer, ``nets/graph_rnn.py``) input-to-hidden rows per target block and a block-diagonal
+    source layer, ``models/graph_rnn.py``) input-to-hidden rows per target block and a block-diagonal
     hidden-to-hidden mask, so each block is the thesis' own skip layer from that source to that target."""
     g = GATES[cell]
     out = {f"layers.{t}.weight_ih_l0": gate_rows(lay.mask(t - 1, t), g, how) for t in range(1, len(lay.layers))}
