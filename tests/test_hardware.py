@@ -12,6 +12,7 @@ from torch import nn
 
 from conftest import compose_cfg
 from sparse_run import hardware, methods
+from sparse_run.config import ConfigError
 from sparse_run.execute import effective
 from sparse_run.hardware import slim as slim_mod
 from sparse_run.hardware.execute import convert
@@ -21,7 +22,6 @@ from sparse_run.hardware.timing import PeakMemory, Protocol, speedup, verdict
 from sparse_run.sparsity import MaskSet
 from sparse_run.sparsity.patterns import is_block_shaped, is_nm, prune_fraction_pattern
 from sparse_run.sparsity.selection import prune_fraction
-from sparse_run.config import ConfigError
 
 PROTO = Protocol(rounds=15, bootstrap=2000, seed=0)
 

@@ -10,12 +10,12 @@ import torch
 from conftest import compose_cfg
 from sparse_run import execute as execute_mod
 from sparse_run import models
+from sparse_run.data import DataSpec
 from sparse_run.engine import run as run_mod
 from sparse_run.execute import effective
-from sparse_run.data import DataSpec
-from sparse_run.store.schema import SUMMARY_COLUMNS
 from sparse_run.sparsity import MaskSet, iterative_density, prunable, prune_fraction, rate_scales
-from sparse_run.sparsity.criteria import magnitude, ScoreContext
+from sparse_run.sparsity.criteria import ScoreContext, magnitude
+from sparse_run.store.schema import SUMMARY_COLUMNS
 
 PAPER_LADDER = {3: 51.3, 7: 21.1, 12: 7.0, 15: 3.6, 18: 1.9}
 

@@ -10,10 +10,10 @@ import torch
 from conftest import compose_cfg, run_cli
 from sparse_run import execute as execute_mod
 from sparse_run import models
+from sparse_run.config import ConfigError
 from sparse_run.data import DataSpec
 from sparse_run.execute import effective
 from sparse_run.sparsity import MaskSet, cubic_sparsity, gradual_events, prunable
-from sparse_run.config import ConfigError
 
 SGD = ["train.optimizer=sgd", "train.lr=0.05", "train.momentum=0.9", "train.weight_decay=1e-3"]
 AT_INIT = ["method.schedule.densities=[0.1,0.01]"]

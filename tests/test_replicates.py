@@ -14,13 +14,13 @@ from torch import nn
 from conftest import compose_cfg
 from sparse_run import execute as execute_mod
 from sparse_run import models
-from sparse_run.engine import lanes
-from sparse_run.execute import effective
-from sparse_run.data import DataBundle, DataSpec
-from sparse_run.engine.replicates import Lane, train_replicates
-from sparse_run.sparsity import MaskSet, prunable
-from sparse_run.engine.train import train
 from sparse_run.config import ConfigError
+from sparse_run.data import DataBundle, DataSpec
+from sparse_run.engine import lanes
+from sparse_run.engine.replicates import Lane, train_replicates
+from sparse_run.engine.train import train
+from sparse_run.execute import effective
+from sparse_run.sparsity import MaskSet, prunable
 
 SPEC = DataSpec("toy", (1, 28, 28), 10)
 TOL = {"rtol": 1e-5, "atol": 1e-6}  # on CPU the lanes are bit-identical; this leaves room for other BLAS

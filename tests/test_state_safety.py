@@ -21,13 +21,13 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import CLI, compose_cfg, run_cli
-from sparse_run import data as data_mod
+from sparse_run.data import sources as data_mod
 from sparse_run import execute as execute_mod
+from sparse_run.config import ConfigError
 from sparse_run.engine import results
 from sparse_run.engine import run as run_mod
-from sparse_run.store import files
 from sparse_run.execute import effective
-from sparse_run.config import ConfigError
+from sparse_run.store import files
 
 SMOKE = ["experiment=lottery_mnist", "budget=smoke", "threads=1"]
 LATE = [*SMOKE, "method.schedule.rounds=1", "method.schedule.rewind=step", "method.schedule.rewind_step=100"]
