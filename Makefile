@@ -24,11 +24,11 @@ run: data  ## the Lottery Ticket experiment on MNIST at the quick budget (minute
 
 lint: install  ## ruff and the import-layer contract ([tool.ruff], [tool.importlinter] in pyproject.toml)
 	$(BIN)/ruff check src tests scripts
-	$(BIN)/lint-imports --config pyproject.toml
+	$(BIN)/lint-imports
 
 test: data  ## ruff, the layer contract and the fast test suite
 	$(BIN)/ruff check src tests scripts
-	$(BIN)/lint-imports --config pyproject.toml
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 test-slow: data  ## also the slow end-to-end tests

@@ -67,6 +67,11 @@ def test_wheel_contains_every_yaml(tmp_path):
     shipped = {n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".yaml")}
     expected = {f"sparse_run/conf/{p.relative_to(REPO / 'conf')}" for p in (REPO / "conf").rglob("*.yaml")}
     assert expected and expected <= shipped
+    # every module of every layer package (pyproject's packages list names them one by one)
+    src = REPO / "src"
+    modules = {p.relative_to(src).as_posix() for p in (src / "sparse_run").rglob("*.py") if "conf" not in p.parts}
+    missing = modules - set(zipfile.ZipFile(wheel).namelist())
+    assert not missing, f"modules missing from the wheel: {sorted(missing)}"
 
 
 def test_explicit_command_line_steps_are_not_scaled_by_the_budget():

@@ -13,7 +13,7 @@ import torch
 from omegaconf import OmegaConf
 
 from sparse_run import models
-from sparse_run.config import ConfigError, number
+from sparse_run.config import ConfigError, choice, number
 from sparse_run.engine.run import Run, derive_seed, record_event
 from sparse_run.sparsity import CRITERIA, MaskSet, ScoreContext, rate_scales
 from sparse_run.sparsity import select as select_masks
@@ -127,8 +127,6 @@ def _fractions(values: Any, field: str, *, lo: float, hi: float, lo_open: bool, 
 def validate_levels(cfg: Any, *, full: bool = False, final_sparsity: bool = False) -> list[float]:
     """Exactly one of ``schedule.densities`` / ``sparsities`` (/ ``final_sparsity`` for gradual) in range;
     ``full``: 100 % pruning allowed (one-shot: the sparse-RNN thesis' end point). Returns the densities."""
-    from sparse_run.config import choice
-
     m, s = cfg.method, cfg.method.schedule
     choice(m.selection.pattern, f"method.selection.pattern (schedule.kind={s.kind})", LEVEL_PATTERNS)
     given = [k for k in ("densities", "sparsities") if s.get(k) is not None]
