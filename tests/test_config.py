@@ -11,7 +11,7 @@ import yaml
 
 from conftest import REPO, compose_cfg, run_cli
 from sparse_run.cli import groups
-from sparse_run.config import effective
+from sparse_run.execute import effective
 
 EXPERIMENTS = groups()["experiment"]
 BUDGETS = groups()["budget"]
@@ -67,6 +67,11 @@ def test_wheel_contains_every_yaml(tmp_path):
     shipped = {n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".yaml")}
     expected = {f"sparse_run/conf/{p.relative_to(REPO / 'conf')}" for p in (REPO / "conf").rglob("*.yaml")}
     assert expected and expected <= shipped
+    # every module of every layer package (pyproject's packages list names them one by one)
+    src = REPO / "src"
+    modules = {p.relative_to(src).as_posix() for p in (src / "sparse_run").rglob("*.py") if "conf" not in p.parts}
+    missing = modules - set(zipfile.ZipFile(wheel).namelist())
+    assert not missing, f"modules missing from the wheel: {sorted(missing)}"
 
 
 def test_explicit_command_line_steps_are_not_scaled_by_the_budget():
@@ -103,7 +108,7 @@ def test_resnet20_rewinds_late_at_the_full_learning_rate(budget):
     0.1, not to a point inside a warmup where the lr is ~1/40 of its peak and the weights are ~θ0."""
     import torch
 
-    from sparse_run.train import make_lr_schedule
+    from sparse_run.engine.train import make_lr_schedule
 
     eff = effective(compose_cfg("experiment=lottery_resnet20_cifar10", f"budget={budget}"))
     t, s = eff.train, eff.method.schedule

@@ -12,9 +12,9 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import compose_cfg
-from sparse_run import data
-from sparse_run.datasets import augment, cifar, reber
-from sparse_run.validate import ConfigError
+from sparse_run.config import ConfigError
+from sparse_run.data import augment, cifar, reber
+from sparse_run.data import sources as data
 
 DEBIAN_FASHION = Path(data.FASHION_SYSTEM_DIRS[0])
 
@@ -86,8 +86,9 @@ def test_cifar10_offline_without_files_says_how_to_get_them(tmp_path):
 
 
 def test_cifar10_failed_download_says_so(tmp_path, monkeypatch):
-    import torchvision.datasets
     from urllib.error import URLError
+
+    import torchvision.datasets
 
     def offline(*args, **kwargs):
         raise URLError("Name or service not known")
@@ -131,8 +132,8 @@ def test_crop_flip_is_a_padded_crop_or_its_mirror_with_black_fill():
 
 def test_train_loop_augments_training_batches_only():
     from sparse_run.data import DataBundle, DataSpec
+    from sparse_run.engine.train import train
     from sparse_run.sparsity import MaskSet
-    from sparse_run.train import train
 
     calls = []
 

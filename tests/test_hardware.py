@@ -11,8 +11,9 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from conftest import compose_cfg
-from sparse_run import hardware
-from sparse_run.config import effective
+from sparse_run import hardware, methods
+from sparse_run.config import ConfigError
+from sparse_run.execute import effective
 from sparse_run.hardware import slim as slim_mod
 from sparse_run.hardware.execute import convert
 from sparse_run.hardware.formats import bytes_2of4, bytes_bsr, bytes_csr, decode_2of4, encode_2of4
@@ -21,7 +22,6 @@ from sparse_run.hardware.timing import PeakMemory, Protocol, speedup, verdict
 from sparse_run.sparsity import MaskSet
 from sparse_run.sparsity.patterns import is_block_shaped, is_nm, prune_fraction_pattern
 from sparse_run.sparsity.selection import prune_fraction
-from sparse_run.validate import ConfigError
 
 PROTO = Protocol(rounds=15, bootstrap=2000, seed=0)
 
@@ -268,7 +268,7 @@ def test_slim_keeps_channels_it_cannot_remove_exactly():
 
 def _checked(*overrides):
     cfg = effective(compose_cfg(*overrides))
-    hardware.check(cfg)
+    hardware.check(cfg, methods.selects(cfg))
     return cfg
 
 
@@ -317,4 +317,4 @@ def test_breakeven_interpolates_the_crossing():
 def test_submodules_do_not_shadow_the_entry_points():
     import sparse_run.hardware.measurement  # noqa: F401  (a submodule named `measure` once replaced the function)
 
-    assert callable(hardware.measure) and callable(hardware.check) and callable(hardware.kernel_study)
+    assert callable(hardware.measure) and callable(hardware.check)

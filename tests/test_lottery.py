@@ -8,12 +8,14 @@ import pytest
 import torch
 
 from conftest import compose_cfg
-from sparse_run import models, pipeline
-from sparse_run.config import effective
+from sparse_run import execute as execute_mod
+from sparse_run import models
 from sparse_run.data import DataSpec
-from sparse_run.results import SUMMARY_COLUMNS
+from sparse_run.engine import run as run_mod
+from sparse_run.execute import effective
 from sparse_run.sparsity import MaskSet, iterative_density, prunable, prune_fraction, rate_scales
-from sparse_run.sparsity.criteria import magnitude, ScoreContext
+from sparse_run.sparsity.criteria import ScoreContext, magnitude
+from sparse_run.store.schema import SUMMARY_COLUMNS
 
 PAPER_LADDER = {3: 51.3, 7: 21.1, 12: 7.0, 15: 3.6, 18: 1.9}
 
@@ -55,7 +57,7 @@ def test_density_ladder_matches_the_paper_analytically_and_in_practice():
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 def test_masked_weights_stay_exactly_zero_after_optimizer_steps(optimizer, tmp_path):
     from sparse_run.data import DataBundle
-    from sparse_run.train import train
+    from sparse_run.engine.train import train
 
     cfg, model = lenet()
     masks = MaskSet(prunable(model, cfg.method.policy))
@@ -83,16 +85,16 @@ def test_masked_weights_stay_exactly_zero_after_optimizer_steps(optimizer, tmp_p
 def test_rewinding_restores_theta0_for_survivors(monkeypatch, tmp_path):
     """Every ticket round starts from exactly θ0 ⊙ m, and reinit from a fresh draw with the same mask."""
     starts = []
-    real_train = pipeline.train
+    real_train = run_mod.train
 
     def spy(model, masks, *args, **kwargs):
         starts.append(({k: v.clone() for k, v in model.state_dict().items()},
                        {n: m.clone() for n, m in masks.masks.items()}, kwargs["desc"]))
         return real_train(model, masks, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "train", spy)
+    monkeypatch.setattr(run_mod, "train", spy)
     cfg = effective(compose_cfg("experiment=lottery_mnist", "budget=smoke", f"paths.results_dir={tmp_path}"))
-    pipeline.execute(cfg, tmp_path / "run")
+    execute_mod.execute(cfg, tmp_path / "run")
     theta0 = models.build(cfg.model, DataSpec("mnist", (1, 28, 28), 10), seed=cfg.seed).state_dict()
     tickets = [s for s in starts if "ticket" in s[2] or "dense" in s[2]]
     assert len(tickets) == 3

@@ -8,10 +8,12 @@ import pytest
 import torch
 
 from conftest import compose_cfg, run_cli
-from sparse_run import models, pipeline
-from sparse_run.config import effective
+from sparse_run import execute as execute_mod
+from sparse_run import models
+from sparse_run.config import ConfigError
+from sparse_run.data import DataSpec
+from sparse_run.execute import effective
 from sparse_run.sparsity import MaskSet, cubic_sparsity, gradual_events, prunable
-from sparse_run.validate import ConfigError
 
 SGD = ["train.optimizer=sgd", "train.lr=0.05", "train.momentum=0.9", "train.weight_decay=1e-3"]
 AT_INIT = ["method.schedule.densities=[0.1,0.01]"]
@@ -37,7 +39,7 @@ METHODS = {
 def run_method(tmp_path, method: str, *overrides: str):
     cfg = effective(compose_cfg(f"method={method.split('_global')[0]}", "budget=smoke", f"paths.results_dir={tmp_path}",
                                 "progress=false", *overrides))
-    out = pipeline.execute(cfg, tmp_path / "run")
+    out = execute_mod.execute(cfg, tmp_path / "run")
     return cfg, out
 
 
@@ -59,7 +61,7 @@ def test_method_invariants(tmp_path, method):
     assert (summary.nnz_params > 0).all()
     # pruned weights are exactly zero after SGD with momentum and weight decay, and after a reload
     ck = torch.load(out / "checkpoints/final.pt", weights_only=True)
-    model = models.build(cfg.model, pipeline.data_mod.DataSpec("mnist", (1, 28, 28), 10), seed=123)
+    model = models.build(cfg.model, DataSpec("mnist", (1, 28, 28), 10), seed=123)
     model.load_state_dict(ck["model"])
     masks = MaskSet(prunable(model, cfg.method.policy))
     masks.load_state_dict(ck["masks"])
@@ -103,7 +105,7 @@ def test_oneshot_prunes_the_same_trained_weights_and_records_accuracy_before_fin
 def run_experiment(tmp_path, name: str, *overrides: str):
     cfg = effective(compose_cfg(f"experiment={name}", "budget=smoke", f"paths.results_dir={tmp_path}",
                                 "progress=false", *overrides))
-    return pd.read_csv(pipeline.execute(cfg, tmp_path / name) / "summary.csv")
+    return pd.read_csv(execute_mod.execute(cfg, tmp_path / name) / "summary.csv")
 
 
 def test_gmp_mnist_large_sparse_vs_small_dense_at_matched_nnz(tmp_path):
@@ -180,7 +182,7 @@ def test_bad_method_field_from_the_cli_is_one_line(tmp_path):
 
 
 def test_rank_orders_methods_per_level_and_seed(capsys):
-    from sparse_run.pipeline import rank_methods
+    from sparse_run.execute import rank_methods
 
     rows = [{"variant": "dense", "method": "pai", "seed": 0, "target_density": 1.0, "test_acc": 0.98}]
     for m, accs in {"random": (0.90, 0.11), "snip": (0.95, 0.57), "synflow": (0.94, 0.74)}.items():

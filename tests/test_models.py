@@ -8,9 +8,9 @@ from torch import nn
 
 from conftest import compose_cfg
 from sparse_run import models
+from sparse_run.config import ConfigError
 from sparse_run.data import DataSpec
 from sparse_run.sparsity import MaskSet, prunable
-from sparse_run.validate import ConfigError
 
 MNIST = DataSpec("mnist", (1, 28, 28), 10)
 CIFAR = DataSpec("cifar10", (3, 32, 32), 10)

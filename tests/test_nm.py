@@ -12,16 +12,16 @@ from torch import nn
 
 from conftest import compose_cfg, run_cli
 from sparse_run import export as export_mod
-from sparse_run.config import effective
+from sparse_run.config import ConfigError
 from sparse_run.data import DataBundle, DataSpec
+from sparse_run.engine.train import train
+from sparse_run.execute import effective
 from sparse_run.hardware.formats import decode_2of4, encode_2of4
 from sparse_run.sparsity import MaskSet
 from sparse_run.sparsity import flops as fl
 from sparse_run.sparsity.nm import group_counts, keep_count, nm_mask, tail
 from sparse_run.sparsity.patterns import is_nm
 from sparse_run.sparsity.ste import BDWPFunction, NMTraining, bdwp_backward_mask
-from sparse_run.train import train
-from sparse_run.validate import ConfigError
 
 PATTERNS = [(2, 4), (1, 4), (1, 8), (1, 16), (4, 8), (3, 4), (2, 32)]
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import CLI, run_cli
-from sparse_run import results
+from sparse_run.store import files
 
 ARGS = ["experiment=lottery_mnist", "budget=smoke", "method.schedule.rounds=2", "threads=1"]
 
@@ -85,14 +85,14 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_results(tmp_path):
 
 def test_failed_write_leaves_the_previous_file_intact(tmp_path, monkeypatch):
     target = tmp_path / "summary.csv"
-    results.atomic_write_text(target, "old\n")
+    files.atomic_write_text(target, "old\n")
 
     def full_disk(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", full_disk)
     with pytest.raises(OSError):
-        results.atomic_write_text(target, "new content that does not fit\n")
+        files.atomic_write_text(target, "new content that does not fit\n")
     assert target.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["summary.csv"], "no temp file may be left behind"
 

@@ -15,7 +15,8 @@ import yaml
 
 from conftest import run_cli
 from sparse_run import report
-from sparse_run.results import SUMMARY_COLUMNS, rows_to_csv
+from sparse_run.report import collect, figures, sweep, tables
+from sparse_run.store.schema import SUMMARY_COLUMNS, rows_to_csv
 
 BASE_CFG = {
     "model": {"name": "lenet_300_100", "arch": "mlp", "hidden": [300, 100], "width": 1.0},
@@ -77,7 +78,7 @@ def test_report_draws_a_rate_sweep_as_one_line_per_rate_labelled_by_rate(tmp_pat
     lines = sidecar(tmp_path)["lines"]
     assert "winning ticket (rewind) [method.schedule.rate=0.2] (n=1)" in lines
     assert "winning ticket (rewind) [method.schedule.rate=0.5] (n=1)" in lines
-    agg = report.aggregate(df)
+    agg = tables.aggregate(df)
     assert len(agg[agg.variant == "ticket"]) == 4  # 2 rates × 2 rounds, none averaged across rates
 
 
@@ -86,7 +87,7 @@ def test_report_keeps_rewind_step_and_rewind_init_apart(tmp_path):
     make_run(tmp_path, "b", {"method.schedule.rewind": "step", "method.schedule.rewind_step": 500},
              imp_rows(0.2, ticket_acc=0.96))
     df = report.report(tmp_path / "lottery_mnist", quiet=True)
-    agg = report.aggregate(df)
+    agg = tables.aggregate(df)
     tickets = agg[agg.variant == "ticket"]
     assert sorted(tickets.acc_es.round(3)) == [0.90, 0.90, 0.96, 0.96]  # never their 0.93 average
     assert (tickets.seeds == 1).all()
@@ -104,7 +105,7 @@ def test_report_counts_a_cached_dense_stage_shared_by_two_jobs_once(tmp_path):
     dense = df[df.variant == "dense"]
     assert len(dense) == 4 and dense.counted.sum() == 2
     assert sorted(dense[dense.counted].seed) == [0, 1]
-    agg = report.aggregate(df)
+    agg = tables.aggregate(df)
     assert agg[agg.variant == "dense"].seeds.tolist() == [2]
     assert "dense (n=2)" in sidecar(tmp_path)["lines"]
     assert "2 row(s) repeat a training" in (tmp_path / "lottery_mnist" / "report" / "table.txt").read_text()
@@ -115,7 +116,7 @@ def test_report_pools_seeds_across_paths_threads_and_logger_but_not_lr(tmp_path)
     make_run(tmp_path, "s1", {"paths.results_dir": "/elsewhere", "threads": 4, "logger.kind": "wandb",
                               "train.checkpoint_every": 7}, imp_rows(0.2), seed=1)
     make_run(tmp_path, "lr", {"train.lr": 0.01}, imp_rows(0.2), seed=0)
-    df = report.collect(tmp_path / "lottery_mnist")
+    df = collect.collect(tmp_path / "lottery_mnist")
     groups = df.groupby("run_dir").group.first()
     assert groups[groups.index.str.endswith("s0")].iloc[0] == groups[groups.index.str.endswith("s1")].iloc[0]
     assert set(df.group) == {"train.lr=0.0012", "train.lr=0.01"}
@@ -125,14 +126,14 @@ def test_report_pools_seeds_across_paths_threads_and_logger_but_not_lr(tmp_path)
 
 def test_report_shows_no_spread_for_a_single_seed(tmp_path, monkeypatch):
     figs = []
-    monkeypatch.setattr(report, "save_figure", lambda fig, out, meta: figs.append(fig) or Path(out))
+    monkeypatch.setattr(figures, "save_figure", lambda fig, out, meta: figs.append(fig) or Path(out))
 
     def spreads() -> tuple[str, int]:
-        df = report.collect(tmp_path / "lottery_mnist")
-        report.report_figures(report.counted(df), tmp_path / "figs")
+        df = collect.collect(tmp_path / "lottery_mnist")
+        sweep.report_figures(collect.counted(df), tmp_path / "figs")
         ax = figs[-1].axes[0]  # accuracy panel: bands are PolyCollections, the dense ±std an axhspan patch
         bands = [c for c in ax.collections if isinstance(c, matplotlib.collections.PolyCollection)]
-        return report.format_table(report.aggregate(df)), len(bands) + len(ax.patches)
+        return tables.format_table(tables.aggregate(df)), len(bands) + len(ax.patches)
 
     make_run(tmp_path, "one", {}, imp_rows(0.2))
     table, n_spread = spreads()
@@ -209,7 +210,7 @@ def test_report_keeps_rows_that_ended_at_chance_in_means_and_lists_them(tmp_path
     rows[-1] = {**rows[-1], "test_acc": 0.1, "status": "at_chance"}
     make_run(tmp_path, "a", {}, rows)
     df = report.report(tmp_path / "lottery_mnist", quiet=True)
-    agg = report.aggregate(df)
+    agg = tables.aggregate(df)
     last = agg[(agg.variant == "ticket") & (agg["round"] == 2)]
     assert len(last) == 1 and abs(float(last.final_acc.iloc[0]) - 0.1) < 1e-9
     text = (tmp_path / "lottery_mnist" / "report" / "table.txt").read_text()

@@ -13,13 +13,16 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from conftest import compose_cfg, run_cli
-from sparse_run import graph_rnn, pipeline
-from sparse_run.config import effective
+from sparse_run import execute as execute_mod
+from sparse_run.config import ConfigError
 from sparse_run.data import DataBundle, DataSpec
+from sparse_run.engine import run as run_mod
+from sparse_run.engine.train import train
+from sparse_run.execute import effective
+from sparse_run.report import graph_stats
 from sparse_run.sparsity import MaskSet, select
 from sparse_run.sparsity.selection import percentile
-from sparse_run.train import train
-from sparse_run.validate import ConfigError
+from sparse_run.studies import graph_rnn
 
 # Seconds on one thread: a sliver of the data, a few steps, one or two cells.
 TINY = ["budget=smoke", "threads=1", "budget.min_steps=1", "budget.train_subset=256", "budget.eval_subset=128",
@@ -29,7 +32,7 @@ TINY = ["budget=smoke", "threads=1", "budget.min_steps=1", "budget.train_subset=
 def run_tiny(name: str, tmp_path, *extra: str):
     cfg = effective(compose_cfg(f"experiment={name}", f"paths.results_dir={tmp_path}",
                                 f"paths.data_dir={tmp_path / 'no-data'}", *TINY, *extra))
-    return pipeline.execute(cfg, tmp_path / "run")
+    return execute_mod.execute(cfg, tmp_path / "run")
 
 
 def test_experiments_carry_the_thesis_protocol():
@@ -165,7 +168,7 @@ def test_graph_becomes_pypaddle_layers_with_masks_between_them_and_skips():
 
 
 def test_graph_rnn_has_one_recurrent_layer_per_dag_layer_sized_by_its_nodes():
-    from sparse_run.nets.graph_rnn import GraphRNNClassifier
+    from sparse_run.models.graph_rnn import GraphRNNClassifier
 
     lay = graph_rnn.layering(graph_rnn.dag(_toy_graph()))
     model = GraphRNNClassifier("gru", lay.sizes, lay.skips, vocab_size=8, num_classes=2)
@@ -187,7 +190,7 @@ def test_graph_rnn_has_one_recurrent_layer_per_dag_layer_sized_by_its_nodes():
 
 def _thesis_forward(model, lay, x):
     """The thesis' forward with one separate recurrent layer per skip pair, weights cut out of the fused blocks."""
-    from sparse_run.nets.graph_rnn import block_rows, cell_layer, skip_groups
+    from sparse_run.models.graph_rnn import block_rows, cell_layer, skip_groups
 
     gates = graph_rnn.GATES[model.cell]
     separate = {}
@@ -253,7 +256,7 @@ def test_graph_properties_follow_the_thesis_definitions():
     assert math.isclose(props["degree_mean"], statistics.mean(deg))
     assert math.isclose(props["degree_var"], statistics.variance(deg))  # sample variance (n − 1)
     assert math.isclose(props["degree_std"], statistics.stdev(deg)) and props["diameter"] == 4
-    assert set(props) == set(graph_rnn.PROPERTIES)
+    assert set(props) == set(graph_stats.PROPERTIES)
 
 
 def test_graph_rnn_smoke_trains_the_layered_rnn_of_each_graph(tmp_path):
@@ -262,7 +265,7 @@ def test_graph_rnn_smoke_trains_the_layered_rnn_of_each_graph(tmp_path):
     summary = pd.read_csv(run / "summary.csv")
     assert len(summary) == 6 and set(summary.graph_family) == {"ba", "ws"}
     cfg = OmegaConf.load(run / "config.yaml")
-    fake = pipeline.Run(cfg=cfg, dir=run, data=None, writer=None, log=None, device=torch.device("cpu"))
+    fake = run_mod.Run(cfg=cfg, dir=run, data=None, writer=None, log=None, device=torch.device("cpu"))
     depths = set()
     for row in summary.itertuples():
         g, lay, seed = graph_rnn.graph_spec(fake, row.graph_family, int(row.round) - 1)
@@ -275,27 +278,27 @@ def test_graph_rnn_smoke_trains_the_layered_rnn_of_each_graph(tmp_path):
         depths.add(len(lay.layers))
     assert len(depths) > 1  # depth varies with the graph
     corr = pd.read_csv(run / "correlations.csv")
-    assert set(corr.property) == set(graph_rnn.PROPERTIES) and set(corr.graph_family) == {"all", "ba", "ws"}
+    assert set(corr.property) == set(graph_stats.PROPERTIES) and set(corr.graph_family) == {"all", "ba", "ws"}
     pooled = corr[corr.graph_family == "all"].set_index("property")
     assert pooled.loc["sources", "thesis_r"] == 0.738 and corr[corr.graph_family == "ba"].thesis_r.isna().all()
-    r, _ = graph_rnn.pearson(summary.graph_nodes.tolist(), summary.test_acc.tolist())
+    r, _ = graph_stats.pearson(summary.graph_nodes.tolist(), summary.test_acc.tolist())
     nodes = pooled.loc["nodes"]
     assert nodes.n == 6 and (math.isclose(nodes.r, r, rel_tol=1e-5) or (math.isnan(r) and math.isnan(nodes.r)))
     assert (run / "figures/graph_rnn.png").exists()
 
 
 def test_pearson_and_its_p_value_on_known_examples():
-    r, p = graph_rnn.pearson([1, 2, 3, 4, 5], [2, 4, 5, 4, 5])
+    r, p = graph_stats.pearson([1, 2, 3, 4, 5], [2, 4, 5, 4, 5])
     assert math.isclose(r, 0.7745966692414834, rel_tol=1e-12) and math.isclose(p, 0.12402706265755825, rel_tol=1e-9)
-    assert math.isclose(graph_rnn.pearson([0, 1, 2], [0, 2, 4])[1], 0.0)
-    assert all(math.isnan(v) for v in graph_rnn.pearson([1, 1, 1], [1, 2, 3]))
+    assert math.isclose(graph_stats.pearson([0, 1, 2], [0, 2, 4])[1], 0.0)
+    assert all(math.isnan(v) for v in graph_stats.pearson([1, 1, 1], [1, 2, 3]))
     # two-sided p at t = t_0.975(8) = 2.306004 is 0.05: p = I_{df/(df+t²)}(df/2, 1/2)
-    assert math.isclose(graph_rnn.betainc(4.0, 0.5, 8 / (8 + 2.306004 ** 2)), 0.05, abs_tol=1e-6)
+    assert math.isclose(graph_stats.betainc(4.0, 0.5, 8 / (8 + 2.306004 ** 2)), 0.05, abs_tol=1e-6)
     rows = [{"model_arm": "gru", "graph_family": f, "graph_nodes": n, "test_acc": a,
-             **{f"graph_{p}": 1.0 for p in graph_rnn.PROPERTIES if p != "nodes"}}
+             **{f"graph_{p}": 1.0 for p in graph_stats.PROPERTIES if p != "nodes"}}
             for f, n, a in [("ba", 10, 0.5), ("ba", 20, 0.6), ("ws", 30, 0.8), ("ws", 40, 0.7)]]
-    out = {(c["graph_family"], c["property"]): c for c in graph_rnn.correlations(rows)}
-    assert math.isclose(out[("all", "nodes")]["r"], graph_rnn.pearson([10, 20, 30, 40], [0.5, 0.6, 0.8, 0.7])[0])
+    out = {(c["graph_family"], c["property"]): c for c in graph_stats.correlations(rows)}
+    assert math.isclose(out[("all", "nodes")]["r"], graph_stats.pearson([10, 20, 30, 40], [0.5, 0.6, 0.8, 0.7])[0])
     assert math.isnan(out[("all", "edges")]["r"]) and math.isnan(out[("ba", "nodes")]["r"])  # constant / n < 3
 
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from sparse_run.config import ConfigError
 from sparse_run.sparsity import cubic_sparsity, gradual_events, levels, select
 from sparse_run.sparsity.schedules import exponential_densities
 from sparse_run.sparsity.selection import erk_densities, layer_counts
-from sparse_run.validate import ConfigError
 
 SHAPES = {"l0": (300, 784), "l1": (100, 300), "l2": (10, 100)}
 

@@ -21,10 +21,14 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import CLI, compose_cfg, run_cli
-from sparse_run import data as data_mod
-from sparse_run import pipeline, results
-from sparse_run.config import effective, explicit_keys
-from sparse_run.validate import ConfigError
+from sparse_run.data import sources as data_mod
+from sparse_run import execute as execute_mod
+from sparse_run.config import ConfigError
+from sparse_run.config.budget import explicit_keys
+from sparse_run.engine import results
+from sparse_run.engine import run as run_mod
+from sparse_run.execute import effective
+from sparse_run.store import files
 
 SMOKE = ["experiment=lottery_mnist", "budget=smoke", "threads=1"]
 LATE = [*SMOKE, "method.schedule.rounds=1", "method.schedule.rewind=step", "method.schedule.rewind_step=100"]
@@ -69,9 +73,9 @@ def unfinish(run_dir: Path, done: list[str]) -> None:
     meta = json.loads((run_dir / "run.json").read_text())
     meta["status"] = "running"
     (run_dir / "run.json").write_text(json.dumps(meta))
-    progress = torch.load(run_dir / pipeline.STATE, weights_only=True)
+    progress = torch.load(run_dir / run_mod.STATE, weights_only=True)
     progress["done"] = done
-    torch.save(progress, run_dir / pipeline.STATE)
+    torch.save(progress, run_dir / run_mod.STATE)
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +83,7 @@ def late_run(tmp_path_factory):
     """A finished late-rewinding smoke run (so it has progress, masks, checkpoints, rewind.pt, a cache entry)."""
     root = tmp_path_factory.mktemp("late")
     run_dir = root / "base"
-    pipeline.execute(cfg_of(*LATE, root=root), run_dir)
+    execute_mod.execute(cfg_of(*LATE, root=root), run_dir)
     return root, run_dir
 
 
@@ -101,22 +105,22 @@ def cli_dir(root: Path, overrides: list[str]) -> Path:
 def test_finetune_resume_continues_from_trained_weights(tmp_path, monkeypatch):
     args = [*SMOKE, "method.schedule.rounds=2", "method.schedule.rewind=none"]
     cfg = cfg_of(*args, root=tmp_path)
-    pipeline.execute(cfg, tmp_path / "ref")
+    execute_mod.execute(cfg, tmp_path / "ref")
 
-    real = pipeline.Run.train_arm
+    real = run_mod.Run.train_arm
 
     def killed_at_round_1(self, key, *a, **kw):  # round 1's masks are saved, no in-flight checkpoint yet
         if key == "r1/ticket":
             raise Killed()
         return real(self, key, *a, **kw)
 
-    monkeypatch.setattr(pipeline.Run, "train_arm", killed_at_round_1)
+    monkeypatch.setattr(run_mod.Run, "train_arm", killed_at_round_1)
     with pytest.raises(Killed):
-        pipeline.execute(cfg, tmp_path / "killed")
+        execute_mod.execute(cfg, tmp_path / "killed")
     assert (tmp_path / "killed/masks/round_01.pt").exists()
-    assert not (tmp_path / "killed" / pipeline.INFLIGHT).exists()
-    monkeypatch.setattr(pipeline.Run, "train_arm", real)
-    pipeline.execute(cfg, tmp_path / "killed")
+    assert not (tmp_path / "killed" / run_mod.INFLIGHT).exists()
+    monkeypatch.setattr(run_mod.Run, "train_arm", real)
+    execute_mod.execute(cfg, tmp_path / "killed")
     pd.testing.assert_frame_equal(frame(tmp_path / "ref"), frame(tmp_path / "killed"))
     for name in ("round_01.pt", "round_02.pt"):
         a = torch.load(tmp_path / "ref/checkpoints" / name, weights_only=True)["model"]
@@ -132,16 +136,16 @@ def test_late_rewinding_dense_stage_resumed_past_its_rewind_step_leaves_a_usable
 
     def killed_after_dense_checkpoint(self, rel, obj):
         path = real(self, rel, obj)
-        if rel == pipeline.INFLIGHT and obj["arm"] == "r0/dense":
+        if rel == run_mod.INFLIGHT and obj["arm"] == "r0/dense":
             raise Killed()
         return path
 
     monkeypatch.setattr(results.RunWriter, "save", killed_after_dense_checkpoint)
     with pytest.raises(Killed):
-        pipeline.execute(cfg, tmp_path / "killed")
+        execute_mod.execute(cfg, tmp_path / "killed")
     monkeypatch.setattr(results.RunWriter, "save", real)
-    pipeline.execute(cfg, tmp_path / "killed")
-    pipeline.execute(cfg, tmp_path / "other")  # same stage key: reuses whatever the cache holds
+    execute_mod.execute(cfg, tmp_path / "killed")
+    execute_mod.execute(cfg, tmp_path / "other")  # same stage key: reuses whatever the cache holds
     pd.testing.assert_frame_equal(frame(tmp_path / "killed"), frame(tmp_path / "other"))
 
 
@@ -149,20 +153,20 @@ def test_gradual_pruning_resumed_mid_arm_keeps_every_pruning_event(tmp_path, mon
     """The per-layer rows of gradual pruning events before a kill survive the resume (layers.csv)."""
     cfg = cfg_of("experiment=gmp_mnist", "budget=smoke", "threads=1", "method.schedule.final_sparsity=0.9",
                  root=tmp_path)
-    pipeline.execute(cfg, tmp_path / "ref")
+    execute_mod.execute(cfg, tmp_path / "ref")
     real = results.RunWriter.save
 
     def killed_at_first_sparse_checkpoint(self, rel, obj):
         path = real(self, rel, obj)
-        if rel == pipeline.INFLIGHT and obj["arm"] != "r0/dense":
+        if rel == run_mod.INFLIGHT and obj["arm"] != "r0/dense":
             raise Killed()
         return path
 
     monkeypatch.setattr(results.RunWriter, "save", killed_at_first_sparse_checkpoint)
     with pytest.raises(Killed):
-        pipeline.execute(cfg, tmp_path / "killed")
+        execute_mod.execute(cfg, tmp_path / "killed")
     monkeypatch.setattr(results.RunWriter, "save", real)
-    pipeline.execute(cfg, tmp_path / "killed")
+    execute_mod.execute(cfg, tmp_path / "killed")
     pd.testing.assert_frame_equal(frame(tmp_path / "ref"), frame(tmp_path / "killed"))
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "ref/layers.csv"), pd.read_csv(tmp_path / "killed/layers.csv"))
 
@@ -193,8 +197,8 @@ def test_crafted_state_file_is_refused_by_every_loader(late_run, tmp_path, rel, 
     marker = tmp_path / "pwned"
     template = {"arm": "r1/ticket", "state": {}} if rel.endswith("inflight.pt") else None
     craft(run_dir / rel, marker, template)
-    with pytest.raises(results.StateError) as e:
-        pipeline.execute(cfg_of(*LATE, root=root), run_dir)
+    with pytest.raises(files.StateError) as e:
+        execute_mod.execute(cfg_of(*LATE, root=root), run_dir)
     msg = str(e.value)
     assert len(msg.splitlines()) == 1 and Path(rel).name in msg and "restart=true" in msg, msg
     assert "could run code" in msg, msg
@@ -223,7 +227,7 @@ def test_unusable_cache_entry_is_quarantined_and_recomputed(late_run, tmp_path, 
             craft(entry, marker)
         else:
             entry.write_bytes(saved[: len(saved) // 2])
-        pipeline.execute(cfg_of(*LATE, root=root), tmp_path / "other")
+        execute_mod.execute(cfg_of(*LATE, root=root), tmp_path / "other")
         err = capsys.readouterr().err
         assert "warning" in err and entry.name in err and ".corrupt" in err, err
         assert not marker.exists()
@@ -284,7 +288,7 @@ def test_corrupt_prepared_dataset_gives_one_line_naming_it(tmp_path):
     cache.parent.mkdir(parents=True)
     cache.write_bytes(b"PK\x03\x04 truncated")
     cfg = compose_cfg("dataset=mnist").dataset
-    with pytest.raises(results.StateError) as e:
+    with pytest.raises(files.StateError) as e:
         data_mod.load(cfg, str(tmp_path))
     assert len(str(e.value).splitlines()) == 1 and str(cache) in str(e.value)
 
@@ -322,8 +326,8 @@ def test_corrupt_state_file_gives_one_line_naming_it(late_run, tmp_path, rel, da
     if not (run_dir / rel).exists():
         (run_dir / rel).write_bytes(b"")
     damage(run_dir / rel)
-    with pytest.raises(results.StateError) as e:
-        pipeline.execute(cfg_of(*LATE, root=root), run_dir)
+    with pytest.raises(files.StateError) as e:
+        execute_mod.execute(cfg_of(*LATE, root=root), run_dir)
     msg = str(e.value)
     assert len(msg.splitlines()) == 1 and str(run_dir / rel) in msg and "restart=true" in msg, msg
 
@@ -333,7 +337,7 @@ def test_corrupt_inflight_stops_the_cli_in_one_line_and_restart_recovers(late_ru
     root = tmp_path / "root"
     hydra_dir = copy_run(late_run, tmp_path, cli_dir(root, LATE))
     unfinish(hydra_dir, ["r0/dense"])
-    _garbage(hydra_dir / pipeline.INFLIGHT)
+    _garbage(hydra_dir / run_mod.INFLIGHT)
     args = [*LATE, f"paths.results_dir={root}"]
     for _ in range(2):  # the same error every time, until restart=true
         proc = run_cli(*args, check=False, timeout=120)
@@ -352,12 +356,12 @@ def test_restart_is_not_part_of_the_config_hash():
     b = compose_cfg(*SMOKE, "restart=true")
     from sparse_run.config import to_dict
 
-    assert pipeline.config_hash(to_dict(effective(a))) == pipeline.config_hash(to_dict(effective(b)))
+    assert run_mod.config_hash(to_dict(effective(a))) == run_mod.config_hash(to_dict(effective(b)))
 
 
 def test_restart_must_be_a_boolean(tmp_path):
     with pytest.raises(ConfigError, match="restart"):
-        pipeline.execute(cfg_of(*SMOKE, "restart=maybe", root=tmp_path), tmp_path / "run")
+        execute_mod.execute(cfg_of(*SMOKE, "restart=maybe", root=tmp_path), tmp_path / "run")
     assert not (tmp_path / "run/run.json").exists()
 
 
@@ -407,8 +411,8 @@ def test_second_run_into_same_directory_is_refused_while_first_runs(tmp_path):
 def test_results_files_respect_the_umask(tmp_path, umask, mode):
     old = os.umask(umask)
     try:
-        results.atomic_write_text(tmp_path / "summary.csv", "a\n")
-        results.atomic_torch_save({"x": torch.zeros(1)}, tmp_path / "masks/round_01.pt")
+        files.atomic_write_text(tmp_path / "summary.csv", "a\n")
+        files.atomic_torch_save({"x": torch.zeros(1)}, tmp_path / "masks/round_01.pt")
     finally:
         os.umask(old)
     assert (tmp_path / "summary.csv").stat().st_mode & 0o777 == mode

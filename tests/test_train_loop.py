@@ -9,10 +9,10 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from sparse_run import onednn
 from sparse_run.data import DataBundle
+from sparse_run.engine import onednn
+from sparse_run.engine.train import LeanStep, make_lr_schedule, make_optimizer, train, zero_pruned_state
 from sparse_run.sparsity.masks import MaskSet
-from sparse_run.train import LeanStep, make_lr_schedule, make_optimizer, train, zero_pruned_state
 
 
 def _net(seed: int = 0) -> nn.Module:
@@ -194,8 +194,8 @@ def test_train_with_onednn_learns_like_aten_and_keeps_masks():
 
 def test_onednn_on_cuda_is_a_one_line_config_error():
     from conftest import compose_cfg
-    from sparse_run.config import validate
-    from sparse_run.validate import ConfigError
+    from sparse_run.config import ConfigError
+    from sparse_run.methods import validate
 
     with pytest.raises(ConfigError, match="train.linear_kernel"):
         validate(compose_cfg("experiment=lottery_mnist", "device=cuda", "train.linear_kernel=onednn"))

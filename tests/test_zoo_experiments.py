@@ -10,8 +10,9 @@ import torch
 import yaml
 
 from conftest import compose_cfg, run_cli
-from sparse_run import pipeline
-from sparse_run.config import effective
+from sparse_run import execute as execute_mod
+from sparse_run.engine import run as run_mod
+from sparse_run.execute import effective
 
 CONV = ["lottery_conv2_cifar10", "lottery_conv4_cifar10", "lottery_conv6_cifar10"]
 GLOBAL = ["lottery_vgg19_cifar10", "lottery_resnet20_cifar10"]
@@ -48,7 +49,7 @@ def test_vgg_resnet_experiments_prune_conv_globally_with_late_rewinding():
 def run_tiny(name: str, tmp_path, *extra: str):
     cfg = effective(compose_cfg(f"experiment={name}", "budget=smoke", f"paths.results_dir={tmp_path}",
                                 f"paths.data_dir={tmp_path / 'no-data'}", *TINY, *extra))
-    return pipeline.execute(cfg, tmp_path / "run")
+    return execute_mod.execute(cfg, tmp_path / "run")
 
 
 @pytest.mark.parametrize("name", CONV + GLOBAL)
@@ -78,7 +79,7 @@ def test_experiment_runs_at_smoke_on_the_stand_in_and_prunes_as_the_paper(name, 
 def test_batchnorm_statistics_are_rewound_with_the_weights(tmp_path, monkeypatch):
     """Rewinding loads θ_k's whole state_dict: BatchNorm running statistics included."""
     seen = []
-    real_train = pipeline.train
+    real_train = run_mod.train
 
     def spy(model, masks, *args, **kwargs):
         seen.append((kwargs["desc"], {k: v.clone() for k, v in model.state_dict().items()}, kwargs.get("resume")))
@@ -86,7 +87,7 @@ def test_batchnorm_statistics_are_rewound_with_the_weights(tmp_path, monkeypatch
         seen[-1] += ({k: v.clone() for k, v in model.state_dict().items()},)
         return result
 
-    monkeypatch.setattr(pipeline, "train", spy)
+    monkeypatch.setattr(run_mod, "train", spy)
     # late rewinding (the experiment's own): survivors and BN statistics return to iteration 3
     one_round = ["budget.max_rounds=1", "budget.control_rounds=[]"]
     run_tiny(GLOBAL[1], tmp_path / "late", "method.schedule.rewind_step=3", *one_round)

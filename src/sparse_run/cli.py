@@ -26,7 +26,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from .validate import ConfigError
+from .config import ConfigError
 
 CONF_MODULE = "sparse_run.conf"
 MAX_DIRNAME = 200  # file systems allow 255 bytes per path component
@@ -152,7 +152,9 @@ def prevalidate(args: list[str], multirun: bool = False) -> None:
     from hydra import compose, initialize_config_module
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from .config import check_name, check_results_dir, effective, explicit_keys
+    from .config import explicit_keys
+    from .config.validate import check_name, check_results_dir
+    from .execute import effective
 
     overrides = [a for a in args if not a.startswith("-")]
     swept_groups = False
@@ -176,14 +178,15 @@ def prevalidate(args: list[str], multirun: bool = False) -> None:
     check_writable_dir(cfg.paths.results_dir, "paths.results_dir")
     if multirun:
         return
-    from . import data, hardware, logger
-    from .config import validate
+    from . import hardware, methods
+    from .data import sources
+    from .engine import logger
 
     eff = effective(cfg, explicit_keys(overrides))
-    hardware.check(eff)  # may switch the method's pattern to what the target runs (announced)
-    validate(eff)
+    hardware.check(eff, methods.selects(eff))  # may switch the method's pattern to what the target runs (announced)
+    methods.validate(eff)
     logger.check(eff.logger)
-    data._root(cfg.dataset, cfg.paths.data_dir)
+    sources._root(cfg.dataset, cfg.paths.data_dir)
 
 
 # errors of the machine rather than the config: one line naming the file, exit status 1
@@ -220,8 +223,8 @@ def disk_error_line(e: BaseException, run_dir: Path | None = None) -> str | None
 def _mark_failed(run_dir: Path, error: BaseException) -> None:
     """Record the failure in ``run.json`` — only for a run this attempt started (or a directory
     without one): a finished run, or one another process is running, is left as it is."""
-    from .pipeline import may_record_failure
-    from .results import atomic_write_text
+    from .execute import may_record_failure
+    from .store.files import atomic_write_text
 
     if not may_record_failure(run_dir, error):
         return
@@ -239,20 +242,19 @@ def _mark_failed(run_dir: Path, error: BaseException) -> None:
 
 @hydra.main(version_base="1.3", config_path="pkg://sparse_run.conf", config_name="config")
 def task(cfg: DictConfig) -> None:
-    from . import hardware, logger
-    from .config import budget_note, effective, explicit_keys
-    from .pipeline import execute
-    from .train import Diverged
+    from . import hardware, methods
+    from .config import budget_note, explicit_keys
+    from .engine import logger
+    from .engine.train import Diverged
+    from .execute import effective, execute
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
     try:
-        from .config import validate
-
         eff = effective(cfg, explicit_keys(hc.overrides.task))
-        hardware.check(eff)
-        validate(eff)
+        hardware.check(eff, methods.selects(eff))
+        methods.validate(eff)
         logger.check(eff.logger)
         note = budget_note(eff)
         if note:

@@ -27,11 +27,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import models
-from .data import DataSpec
+from .data.spec import DataSpec
 from .hardware import slim as slim_mod
 from .hardware.execute import SparseMatmulLayer, module_of, set_module
 from .hardware.formats import assert_pruned_zero, csr_from_parts, csr_parts, decode_2of4, encode_2of4
-from .results import load_state
+from .store.files import load_state
 from .sparsity import MaskSet, prunable
 from .sparsity.patterns import is_nm
 

@@ -1,10 +1,14 @@
 """Hardware targets (config group ``hardware/``): execute the final sparse model the way a target
 would, next to the dense model in the same process, and say whether it got faster.
 
-``check(cfg)`` runs before any work: it validates the target and reconciles the method's
+``check(cfg, selects)`` runs before any work: it validates the target and reconciles the method's
 selection pattern with what the target can execute (an announced switch where the method allows,
 a one-line ``ConfigError`` otherwise). ``measure(run)`` runs after training and writes
-``hardware.csv``, ``hardware.json`` and ``figures/hardware.png`` (README "Hardware targets").
+``hardware.csv`` and ``hardware.json`` (README "Hardware targets"); ``report.hardware`` draws them.
+
+A layer above the engine (it times with the engine's oneDNN kernels) and below the report: may import
+``engine``, ``sparsity``, ``store`` and ``config``; never report, methods, studies or execute. The timing
+protocol and sparse formats live here; the kernel study that drives them is ``studies/kernel_study.py``.
 """
 from __future__ import annotations
 
@@ -15,21 +19,17 @@ from typing import Any
 
 from omegaconf import open_dict
 
-from ..validate import ConfigError, choice, number
+from sparse_run.config import ConfigError, choice, number
 
 TARGETS = ("cpu", "cpu_sparse", "cpu_block", "slim", "cuda_2of4")
 EXECUTIONS = ("dense", "csr", "bsr", "slim", "semi_structured")
 NEEDS = ("any", "block", "channel", "nm")
-NO_SELECTION = ("none", "kernel_study")  # schedule kinds that prune nothing: no pattern to constrain
 _announced: set[str] = set()
 
 
-def check(cfg: Any) -> None:
-    """Reject targets / settings / method combinations the target cannot execute (before any work)."""
-    if cfg.method.schedule.kind == "kernel_study":
-        from .kernels import validate
-
-        validate(cfg)
+def check(cfg: Any, selects: bool = True) -> None:
+    """Reject targets / settings / method combinations the target cannot execute (before any work);
+    ``selects``: the method selects weights in a pattern (``Method.patterns``), which the target may constrain."""
     hw = cfg.hardware
     choice(hw.name, "hardware.name", TARGETS)
     choice(hw.execution, "hardware.execution", EXECUTIONS)
@@ -53,7 +53,8 @@ def check(cfg: Any) -> None:
                                                 "only; allowed: [b, b], e.g. [4, 4], [16, 16]")
     if hw.execution == "semi_structured":
         choice(hw.dtype, "hardware.dtype", ("float16", "bfloat16"))
-    _constrain_pattern(cfg)
+    if selects:
+        _constrain_pattern(cfg)
 
 
 def _announce(msg: str) -> None:
@@ -66,7 +67,7 @@ def _constrain_pattern(cfg: Any) -> None:
     """Make the method's selection produce the pattern the target needs, or refuse in one line."""
     hw, method = cfg.hardware, cfg.method
     need, have = hw.pattern, method.selection.pattern
-    if need == "any" or method.schedule.kind in NO_SELECTION:
+    if need == "any":
         return
     target = f"hardware={hw.name}"
     if need == "block":
@@ -108,17 +109,18 @@ def _constrain_pattern(cfg: Any) -> None:
 
 
 def measure(run: Any) -> Path | None:
-    """Time the final model dense vs on the target; write hardware.csv / .json and the figure."""
+    """Time the final model dense vs on the target; write hardware.csv / .json (execute draws the figure)."""
     cfg = run.cfg
-    if cfg.hardware.execution == "dense" or cfg.method.schedule.kind in ("kernel_study",):
+    if cfg.hardware.execution == "dense":
         return None
     import torch
 
-    from ..results import atomic_write_text, load_state, rows_to_csv
-    from ..sparsity import MaskSet, prunable
+    from sparse_run.sparsity import MaskSet, prunable
+    from sparse_run.store.files import atomic_write_text, load_state
+    from sparse_run.store.schema import rows_to_csv
+
     from .env import environment
     from .formats import assert_pruned_zero
-    from .figures import hardware_figure
     from .measurement import COLUMNS, measure_model, protocol
 
     hw = cfg.hardware
@@ -142,22 +144,4 @@ def measure(run: Any) -> Path | None:
     info = {"target": dict(hw), "protocol": proto.__dict__, "environment": env, **meta,
             "pattern": dict(cfg.method.selection)}
     atomic_write_text(run.dir / "hardware.json", json.dumps(info, indent=2, default=str))
-    hardware_figure(run.dir / "hardware.csv", run.dir / "figures" / "hardware.png")
     return run.dir / "hardware.csv"
-
-
-def kernel_study(run: Any) -> None:
-    """Runner for ``method.schedule.kind=kernel_study`` (``experiment=hw_sparse_1x1``): trains nothing."""
-    from .kernels import run_study
-
-    run_study(run)
-
-
-def read_hardware(path: Path) -> Any:
-    """``hardware.csv`` (or every one under a folder) as one DataFrame, for reports and sweeps."""
-    import pandas as pd
-
-    path = Path(path)
-    files = [path] if path.is_file() else sorted(path.rglob("hardware.csv"))
-    frames = [pd.read_csv(f).assign(run_dir=str(f.parent)) for f in files]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -12,8 +12,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import onednn
-from ..sparsity.patterns import is_nm
+from sparse_run.engine import onednn
+from sparse_run.sparsity.patterns import is_nm
+
 from . import slim as slim_mod
 from .execute import convert, forward_with_hooks, layer_macs, module_of
 from .formats import bytes_2of4, bytes_bsr, bytes_csr, bytes_dense

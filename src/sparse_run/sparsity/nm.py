@@ -20,13 +20,12 @@ from typing import Any
 
 import torch
 
-from ..validate import ConfigError
+from sparse_run.config.errors import ConfigError
 
 Pattern = tuple[int, int]
 
 
 VARIANTS = ("ste", "srste", "oneshot", "bdwp")
-KINDS = ("nm", "nm_compare")
 
 
 def parse(value: Any, field: str) -> Pattern:
@@ -52,35 +51,6 @@ def check(n: Any, m: Any, n_field: str, m_field: str) -> Pattern:
     if not 1 <= n <= m:
         raise ConfigError(n_field, f"got N={n}, M={m}; must satisfy 1 <= N <= M")
     return n, m
-
-
-def validate(method: Any) -> None:
-    """Config checks of the N:M fields (``method.selection.*``, ``method.schedule.*``), before any work."""
-    sel, sched = method.selection, method.schedule
-    if sched.kind not in KINDS:
-        raise ConfigError("method.selection.pattern", f"got 'nm' with schedule.kind={sched.kind!r}; "
-                          f"N:M selection runs under schedule.kind: {', '.join(KINDS)}")
-    check(sel.get("n"), sel.get("m"), "method.selection.n", "method.selection.m")
-    for glob, value in (sel.get("overrides") or {}).items():
-        parse(value, f"method.selection.overrides.{glob}")
-    decay = sched.get("decay", 0.0)
-    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or decay < 0:
-        raise ConfigError("method.schedule.decay", f"got {decay!r}; must be a number >= 0")
-    if sched.kind == "nm":
-        variant = sched.get("variant")
-        if variant not in VARIANTS:
-            raise ConfigError("method.schedule.variant", f"got {variant!r}; allowed: {', '.join(VARIANTS)}")
-        return
-    for key in ("patterns", "bdwp_patterns"):
-        for i, value in enumerate(sched.get(key) or []):
-            parse(value, f"method.schedule.{key}[{i}]")
-    for v in sched.get("variants") or []:
-        if v not in VARIANTS:
-            raise ConfigError("method.schedule.variants", f"got {v!r}; allowed: {', '.join(VARIANTS)}")
-    for key in ("repeats", "dense_repeats"):
-        r = sched.get(key, 1)
-        if isinstance(r, bool) or not isinstance(r, int) or r < 1:
-            raise ConfigError(f"method.schedule.{key}", f"got {r!r}; must be an integer >= 1")
 
 
 def fmt(p: Pattern) -> str:

@@ -19,8 +19,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..validate import ConfigError, choice
+from sparse_run.config.errors import ConfigError, choice
 from .nm import is_nm as nm_is_nm
+from .topk import _masked, keep_global, keep_top
 
 PATTERNS = ("unstructured", "block", "channel", "nm")  # nm: N:M runners (sparsity/nm.py)
 DEFAULT_BLOCK = (4, 4)
@@ -92,8 +93,6 @@ def prune_fraction_pattern(scores: dict[str, torch.Tensor], masks: Any, rate: fl
                            scope: str, sel: Any) -> dict[str, torch.Tensor]:
     """``selection.prune_fraction`` in whole blocks: remove ``rate × scale`` of each layer's surviving
     blocks (layerwise) or ``rate`` of all surviving blocks under one threshold (global)."""
-    from .selection import _masked, keep_global, keep_top
-
     s = _masked(scores, masks.masks)
     shapes = {n: tuple(t.shape) for n, t in s.items()}
     blocks = {n: block_of(sel, shapes[n]) for n in s}

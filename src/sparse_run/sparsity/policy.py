@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-from ..validate import ConfigError, choice
+from sparse_run.config.errors import ConfigError, choice
 
 LAYER_TYPES = {"linear": (nn.Linear,), "conv": (nn.Conv1d, nn.Conv2d, nn.Conv3d),
                "rnn": (nn.RNNBase,), "embedding": (nn.Embedding,)}

@@ -5,7 +5,7 @@
 - ``cubic_sparsity`` / ``gradual_events``: Zhu & Gupta's gradual schedule, applied every Δt steps;
 - ``exponential_densities``: SynFlow's per-round densities on its way to the target.
 
-The pipeline's runners (``pipeline.RUNNERS``, one per ``schedule.kind``) walk these.
+The methods (``methods.REGISTRY``, one per ``schedule.kind``) walk these.
 """
 from __future__ import annotations
 

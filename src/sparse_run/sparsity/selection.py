@@ -19,25 +19,14 @@ from typing import Any
 
 import torch
 
-from ..validate import choice
+from sparse_run.config.errors import choice
+
 from .masks import MaskSet
+from .patterns import prune_fraction_pattern
+from .topk import _masked, keep_global, keep_top
 
 SCOPES = ("layerwise", "global", "erk", "percentile")
 PATTERNS = ("unstructured",)
-
-
-def keep_top(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Boolean mask keeping exactly the ``k`` highest scores (ties: earliest position wins)."""
-    flat = scores.flatten()
-    k = max(0, min(int(k), flat.numel()))
-    order = torch.sort(flat, descending=True, stable=True).indices[:k]
-    mask = torch.zeros_like(flat, dtype=torch.bool)
-    mask[order] = True
-    return mask.view_as(scores)
-
-
-def _masked(scores: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {n: scores[n].double().masked_fill(~masks[n], -math.inf) for n in masks}
 
 
 def prune_fraction(scores: dict[str, torch.Tensor], masks: MaskSet, rate: float,
@@ -48,8 +37,6 @@ def prune_fraction(scores: dict[str, torch.Tensor], masks: MaskSet, rate: float,
     ``selection`` (the method's ``selection`` config) dispatches on ``pattern``: block / channel
     patterns count whole blocks (``patterns.py``); ``unstructured`` (default) continues below."""
     if selection is not None and selection.get("pattern", "unstructured") != "unstructured":
-        from .patterns import prune_fraction_pattern
-
         return prune_fraction_pattern(scores, masks, rate, scales, scope, selection)
     s = _masked(scores, masks.masks)
     alive = {n: int(m.sum()) for n, m in masks.masks.items()}
@@ -80,21 +67,6 @@ def keep_percentile(scores: dict[str, torch.Tensor], masks: dict[str, torch.Tens
     t = percentile(alive, q)
     return {n: (scores[n] >= t) & masks[n] for n in masks}
 
-
-def keep_global(scores: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
-    """Keep the ``k`` highest scores across all layers (exact count)."""
-    names = list(scores)
-    flat = torch.cat([scores[n].flatten() for n in names])
-    kept = keep_top(flat, k)
-    out, i = {}, 0
-    for n in names:
-        numel = scores[n].numel()
-        out[n] = kept[i:i + numel].view_as(scores[n])
-        i += numel
-    return out
-
-
-# -- how many weights each layer keeps ------------------------------------------------------
 
 def water_fill(sizes: dict[str, int], weights: dict[str, float], total: float) -> dict[str, float]:
     """Real amounts ∝ ``weights`` summing to ``total``, each capped at its size; the excess of a

@@ -1,6 +1,6 @@
 """Training with N:M masks on a living dense weight: STE, SR-STE and BDWP.
 
-Unlike the pipeline's ``MaskSet`` (which zeroes pruned weights for good), these methods keep the
+Unlike the engine's ``MaskSet`` (which zeroes pruned weights for good), these methods keep the
 dense weights W and mask only the computation: the mask E = NM(|W|) is recomputed from the
 current W at every forward pass, so weights can move in and out of the pattern.
 

@@ -1,0 +1,41 @@
+"""The engine's settings checked before any work: ``train.*`` (the loop, its kernels, lock-step replicates)
+and the logger kind. Called by ``methods.validate``, which knows which kinds run in lock-step."""
+from __future__ import annotations
+
+from typing import Any
+
+from sparse_run.config import ConfigError, choice, number
+
+from . import lanes
+from .logger import KINDS as LOGGERS
+from .onednn import KERNELS
+from .train import LR_SCHEDULES, OPTIMIZERS
+
+
+def validate_train(cfg: Any, lockstep: tuple[str, ...]) -> None:
+    t = cfg.train
+    choice(t.optimizer, "train.optimizer", OPTIMIZERS)
+    number(t.lr, "train.lr", lo=0, lo_open=True)
+    number(t.batch_size, "train.batch_size", lo=1, integer=True)
+    number(t.steps, "train.steps", lo=1, integer=True)
+    number(t.eval_every, "train.eval_every", lo=1, integer=True)
+    number(t.weight_decay, "train.weight_decay", lo=0)
+    number(t.momentum, "train.momentum", lo=0, hi=1, hi_open=True)
+    choice(t.lr_schedule, "train.lr_schedule", LR_SCHEDULES)
+    number(t.get("warmup_steps", 0), "train.warmup_steps", lo=0, integer=True)
+    number(t.get("gamma", 0.1), "train.gamma", lo=0)
+    for i, f in enumerate(t.get("milestones") or []):
+        number(f, f"train.milestones[{i}]", lo=0, hi=1)
+    choice(t.get("linear_kernel", "auto"), "train.linear_kernel", KERNELS)
+    if t.get("linear_kernel") == "onednn" and (cfg.device == "cuda" or t.get("compile")):
+        raise ConfigError("train.linear_kernel", "onednn runs on CPU without train.compile; use auto or aten")
+    number(t.checkpoint_every, "train.checkpoint_every", lo=0, integer=True)
+    if t.get("grad_clip") is not None:
+        number(t.grad_clip, "train.grad_clip", lo=0)
+        if t.grad_clip and int(t.get("replicates", 1) or 1) > 1:
+            raise ConfigError("train.grad_clip", f"got {t.grad_clip} with train.replicates > 1; allowed there: null")
+    lanes.check_config(cfg, lockstep)  # train.replicates
+
+
+def validate_logger(cfg: Any) -> None:
+    choice(cfg.logger.kind, "logger.kind", LOGGERS)
