@@ -4,7 +4,7 @@ would, next to the dense model in the same process, and say whether it got faste
 ``check(cfg, selects)`` runs before any work: it validates the target and reconciles the method's
 selection pattern with what the target can execute (an announced switch where the method allows,
 a one-line ``ConfigError`` otherwise). ``measure(run)`` runs after training and writes
-``hardware.csv`` and ``hardware.json`` (README "Hardware targets"); ``report.hardware`` draws them.
+``hardware.csv`` and ``hardware.json`` (docs/hardware.md); ``report.hardware`` draws them.
 
 A layer above the engine (it times with the engine's oneDNN kernels) and below the report: may import
 ``engine``, ``sparsity``, ``store`` and ``config``; never report, methods, studies or execute. The timing

@@ -2,7 +2,7 @@
 
 ``torch.sparse.mm(W, xᵀ)`` with the sparse weight on the left and activations as
 features × batch is torch's fast CPU path (``F.linear(x, W_csr)`` and dense @ sparse take 3–6×
-slower routes; see README "Hardware targets"). Torch has no sparse convolution, so only Linear
+slower routes; see docs/hardware.md). Torch has no sparse convolution, so only Linear
 layers and 1×1 convolutions (a matrix product in CHW layout) get sparse kernels; other layers
 run dense and are reported as ``dense_fallback``.
 """

@@ -1,7 +1,7 @@
 """``python -m sparse_run.models``: every shipped model config with its prunable weight count.
 
 Counts are of the weights the default layer policy selects (linear, conv and RNN weight
-matrices; biases and BatchNorm never) on each model's reference input; README's models table is
+matrices; biases and BatchNorm never) on each model's reference input; docs/models.md's table is
 this output.
 """
 from __future__ import annotations

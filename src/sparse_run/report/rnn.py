@@ -1,4 +1,4 @@
-"""Figures of the sparse-RNN experiments (README "Sparse RNNs"), drawn from ``summary.csv``.
+"""Figures of the sparse-RNN experiments (docs/papers/rnn.md), drawn from ``summary.csv``.
 
 - ``figures/rnn_prune.png``: one-shot runs with policy arms — test accuracy vs % of the chosen
   matrices pruned, one panel per scope (rows) × cell (columns): right after pruning, after each

@@ -1,6 +1,6 @@
 """Sparsity methods as compositions: importance criterion × selection × schedule, under a layer policy.
 
-A paper's method is a config (``conf/method/*.yaml``) naming one of each; see README "Methods".
+A paper's method is a config (``conf/method/*.yaml``) naming one of each; see docs/methods.md.
 Pure functions on tensors and masks: imports ``config`` only (its errors), nothing that trains or records.
 """
 from .criteria import CRITERIA, ScoreContext

@@ -1,4 +1,4 @@
-"""The results schema (documented in README "Results schema") and its CSV form.
+"""The results schema (documented in docs/results.md) and its CSV form.
 
 Everything downstream (report, figures, tests, sweeps) reads these files and nothing else.
 """

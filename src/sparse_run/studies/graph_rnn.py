@@ -187,7 +187,7 @@ def properties(g: "nx.Graph", lay: Layered) -> dict[str, float]:
 # -- config and runner --------------------------------------------------------------------------
 
 def validate(cfg: Any) -> None:
-    """``schedule.kind=graph_rnn`` fields (README "Sparse RNNs")."""
+    """``schedule.kind=graph_rnn`` fields (docs/papers/rnn.md)."""
     s = cfg.method.schedule
     if not list(s.families):
         raise ConfigError("method.schedule.families", "got an empty list; allowed: ba, ws")
