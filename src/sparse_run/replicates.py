@@ -20,6 +20,9 @@ While a pass runs, each lane's ``nn.Module`` parameters are views into the stack
 hooks (gradual / dynamic schedules) can read and prune a lane's model in place; at the end every
 lane gets its own storage back. Checkpoints, ``resume`` and ``capture`` use ``train()``'s state
 format per lane, so a lane can be resumed (or rewound) by either trainer.
+
+The step loop itself is ``loop.run``, the one ``train()`` runs too; this module holds what differs
+for K lanes: the ``_Stack`` strategy and the batched forward passes.
 """
 from __future__ import annotations
 
