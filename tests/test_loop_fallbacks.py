@@ -101,6 +101,7 @@ def test_lean_step_falls_back_when_the_private_kernel_rejects_its_arguments(monk
         return real(*args, **kwargs)
 
     monkeypatch.setattr(torch, "_fused_adam_", changed)
+    monkeypatch.setattr(onednn, "SAFE_TORCH", False)  # the fast path, even under SPARSE_RUN_SAFE_TORCH=1
     ref_model = _net()
     ref = make_optimizer(list(ref_model.parameters()), _tcfg())
     model = _net()
