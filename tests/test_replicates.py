@@ -324,3 +324,61 @@ def test_lanes_equal_single_runs_with_augmentation_on():
             torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
         assert [r["train_loss"] for r in res.history] == pytest.approx([r["train_loss"] for r in ref.history],
                                                                         rel=1e-4)
+
+
+class _CountingHook:
+    """A stateful hook with eval metrics: what N:M's SAD tracker looks like to the loop."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, step: int, model: nn.Module, masks: MaskSet) -> None:
+        self.calls += 1
+
+    def eval_metrics(self, step: int) -> dict[str, float]:
+        return {"hook_calls": float(self.calls)}
+
+    def state_dict(self) -> dict[str, int]:
+        return {"calls": self.calls}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.calls = state["calls"]
+
+
+def test_replicate_lanes_record_hook_metrics_and_checkpoint_hook_state_like_train():
+    """One loop: what train() does with a hook (eval metrics in records, hook state in checkpoints,
+    restored on resume) the lock-step lanes do too."""
+    policy = compose_cfg("experiment=lottery_mnist").method.policy
+    t, data = tcfg(checkpoint_every=10), toy_data()
+    saved: dict[int, dict] = {}
+    model, masks = lenet_lane(0, policy)
+    single = train(model, masks, data, t, steps=20, eval_every=10, seed=0, hooks=[_CountingHook()])
+    lanes_ = [Lane(*lenet_lane(s, policy), seed=s, hooks=[_CountingHook()],
+                   checkpoint=lambda st, s=s: saved.__setitem__(s, copy.deepcopy(st))) for s in (0, 1)]
+    res = train_replicates(lanes_, data, t, steps=20, eval_every=10)
+    assert [r["hook_calls"] for r in single.history] == [10.0, 20.0]
+    for r in res:
+        assert [h["hook_calls"] for h in r.history] == [10.0, 20.0]
+    assert saved[1]["hooks"] == [{"calls": 10}]
+    again = [Lane(*lenet_lane(s, policy), seed=s, hooks=[_CountingHook()], resume=saved[s]) for s in (0, 1)]
+    res2 = train_replicates(again, data, t, steps=20, eval_every=10)
+    assert [h["hook_calls"] for h in res2[1].history] == [10.0, 20.0]  # resumed at 10, not restarted at 0
+
+
+def test_grad_clip_lanes_equal_single_runs():
+    """train.grad_clip clips each lane's own global norm, as a single run clips its gradient."""
+    policy = compose_cfg("experiment=lottery_mnist").method.policy
+    t, data, seeds = tcfg(optimizer="sgd", lr=0.5, momentum=0.9, grad_clip=0.05), toy_data(), [3, 4]
+    singles = []
+    for s in seeds:
+        model, masks = lenet_lane(s, policy)
+        train(model, masks, data, t, steps=15, eval_every=15, seed=s)
+        singles.append(model)
+    lanes_ = [Lane(*lenet_lane(s, policy), seed=s) for s in seeds]
+    train_replicates(lanes_, data, t, steps=15, eval_every=15)
+    unclipped = [Lane(*lenet_lane(s, policy), seed=s) for s in seeds]
+    train_replicates(unclipped, data, tcfg(optimizer="sgd", lr=0.5, momentum=0.9), steps=15, eval_every=15)
+    for model, lane, free in zip(singles, lanes_, unclipped):
+        for a, b, c in zip(model.parameters(), lane.model.parameters(), free.model.parameters()):
+            torch.testing.assert_close(b, a, **TOL)
+        assert not all(torch.equal(a, c) for a, c in zip(model.parameters(), free.model.parameters()))

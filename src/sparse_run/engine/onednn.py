@@ -11,9 +11,18 @@ thread count.
 parameters unchanged) for the duration of a ``with`` block; layers that already carry their own
 ``forward`` (N:M STE / BDWP) are left alone. The gradient is first-order only, so it is used inside
 the training loop, not where a criterion needs double backward (GraSP runs outside it).
+
+``torch.ops.mkldnn._linear_pointwise`` is private: ``available()`` checks it exists and computes
+``F.linear`` on a probe before anything uses it, and without it every caller takes ATen's public
+path. This module also holds the one switch for all private-API fast paths: the environment
+variable ``SPARSE_RUN_SAFE_TORCH=1`` (read once, at import) sets ``SAFE_TORCH``, and then
+``fast_paths()`` is false, ``linear_kernel`` auto / onednn resolve to ATen, ``LeanStep`` uses
+``opt.step()`` and the replicate trainer multiplies tensor by tensor instead of ``torch._foreach_mul_``.
 """
 from __future__ import annotations
 
+import functools
+import os
 import types
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -29,8 +38,31 @@ KERNELS = ("auto", "onednn", "aten")
 MIN_WEIGHTS = 1 << 16
 
 
+SAFE_TORCH = os.environ.get("SPARSE_RUN_SAFE_TORCH", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def fast_paths() -> bool:
+    """Whether fast paths built on private torch APIs may run (``SPARSE_RUN_SAFE_TORCH`` unset)."""
+    return not SAFE_TORCH
+
+
+@functools.cache
+def _probe() -> bool:
+    """The private kernel exists, takes the arguments used here and computes ``x @ W.T + b``."""
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+        return False
+    gen = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(3, 4, generator=gen), torch.randn(5, 4, generator=gen), torch.randn(5, generator=gen)
+    try:
+        out = torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+    except (RuntimeError, TypeError):
+        return False
+    return out.shape == (3, 5) and torch.allclose(out, nn.functional.linear(x, w, b), atol=1e-5)
+
+
 def available() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    """oneDNN's linear kernel can be used: fast paths on and the private op present and working."""
+    return fast_paths() and _probe()
 
 
 def _mm_t(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -92,8 +124,8 @@ def _forward(mod: nn.Linear, x: torch.Tensor) -> torch.Tensor:
 
 def resolve(kind: str, device: torch.device, compiled: bool) -> bool:
     """Whether ``train.linear_kernel`` = ``kind`` means oneDNN here (``auto``: on CPU when available,
-    not under torch.compile, which picks its own kernels)."""
-    if kind == "aten":
+    not under torch.compile, which picks its own kernels; never with ``SPARSE_RUN_SAFE_TORCH``)."""
+    if kind == "aten" or not fast_paths():  # SPARSE_RUN_SAFE_TORCH: ATen whatever was asked
         return False
     ok = device.type == "cpu" and available() and not compiled
     if kind == "onednn" and not ok:

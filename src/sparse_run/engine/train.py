@@ -1,16 +1,17 @@
-"""The training loop (config group ``train/``).
+"""Training one arm (config group ``train/``): the optimizer, the lr schedule, evaluation, and
+``train()``, the single-run case of the one loop in ``loop.py``.
 
 Lean by design: the data are tensors on the training device and batches are index slices; masks
 are enforced with one fused multiply on the gradients per step (and one on the weights when a hook
 may change the masks mid-run); a fused Adam step skips torch's per-call bookkeeping; the loss is
 accumulated on the device and read back only at evaluation, the one host sync of the loop.
+Fast paths that use private torch APIs check for them and fall back to public ones
+(``onednn.fast_paths``; ``SPARSE_RUN_SAFE_TORCH=1`` turns them all off).
 """
 from __future__ import annotations
 
 import math
 import sys
-import time
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -18,29 +19,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import onednn
+from sparse_run.config.errors import choice
 from sparse_run.data.spec import DataBundle
 from sparse_run.sparsity.masks import MaskSet
-from sparse_run.config.errors import ConfigError, choice
+from .loop import CHANCE_SIGMAS, Diverged, Lane, StepHook, TrainResult, chance_accuracy, check_chance, run
+
+__all__ = ["CHANCE_SIGMAS", "Diverged", "LR_SCHEDULES", "LeanStep", "OPTIMIZERS", "StepHook", "TrainResult",
+           "chance_accuracy", "check_chance", "evaluate", "make_lr_schedule", "make_optimizer", "train",
+           "zero_pruned_state"]
 
 OPTIMIZERS = ("adam", "sgd", "adamw")
 LR_SCHEDULES = ("constant", "step", "cosine")
-
-
-class Diverged(RuntimeError):
-    """The loss became NaN or infinite."""
-
-
-@dataclass
-class TrainResult:
-    history: list[dict[str, float]]
-    early_stop_step: int
-    test_acc_at_early_stop: float
-    final_test_acc: float
-    final_val_acc: float
-    wall_s: float
-    steps: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
-    status: str = "ok"  # "at_chance": final test accuracy no better than a model that learned nothing
 
 
 def make_optimizer(params: list[nn.Parameter], tcfg: Any) -> torch.optim.Optimizer:
@@ -66,7 +55,8 @@ class LeanStep:
     every parameter has state, this calls the same kernel (``torch._fused_adam_`` /
     ``_fused_adamw_``) on lists built once, so updates are bit-identical. Anything else (SGD,
     several groups, amsgrad, a tensor lr, a missing gradient, state replaced by
-    ``load_state_dict``) goes through ``opt.step()``.
+    ``load_state_dict``) goes through ``opt.step()``, and so does everything when the private kernels
+    are missing, reject their arguments, or ``onednn.fast_paths()`` is off.
     """
 
     def __init__(self, opt: torch.optim.Optimizer):
@@ -75,7 +65,8 @@ class LeanStep:
         self.params: list[nn.Parameter] = list(group["params"])
         self.fast = (isinstance(opt, torch.optim.Adam) and len(opt.param_groups) == 1 and bool(group.get("fused"))
                      and not (group["amsgrad"] or group["maximize"] or group["capturable"] or group["differentiable"])
-                     and hasattr(torch, "_fused_adam_") and len({(q.device, q.dtype) for q in self.params}) == 1)
+                     and onednn.fast_paths() and hasattr(torch, "_fused_adam_") and hasattr(torch, "_fused_adamw_")
+                     and len({(q.device, q.dtype) for q in self.params}) == 1)
         self._state: Any = None
         self._lists: tuple[list[torch.Tensor], ...] = ()
         self._steps = torch.zeros(0)
@@ -104,11 +95,17 @@ class LeanStep:
             return
         exp_avgs, exp_avg_sqs, steps = lists
         self._steps.add_(1)
-        kernel = torch._fused_adamw_ if group["decoupled_weight_decay"] else torch._fused_adam_
+        decoupled = group.get("decoupled_weight_decay", isinstance(self.opt, torch.optim.AdamW))
+        kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
         beta1, beta2 = group["betas"]
-        kernel(self.params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=group["lr"],
-               beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"],
-               maximize=False, grad_scale=None, found_inf=None)
+        try:
+            kernel(self.params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=group["lr"],
+                   beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"],
+                   maximize=False, grad_scale=None, found_inf=None)
+        except (TypeError, RuntimeError):  # the private kernel's signature changed: argument parsing
+            self._steps.sub_(1)            # fails before any update, so the public step takes over
+            self.fast = False
+            self.opt.step()
 
     def zero_grad(self) -> None:
         """``opt.zero_grad(set_to_none=True)`` for the single group, without the wrapper's cost."""
@@ -183,9 +180,6 @@ def _progress(total: int, desc: str, start: int) -> Any:
                 disable=not (SHOW_PROGRESS and sys.stderr.isatty()), mininterval=0.5)
 
 
-StepHook = Callable[[int, nn.Module, MaskSet], None]
-
-
 def train(model: nn.Module, masks: MaskSet, data: DataBundle, tcfg: Any, *, steps: int, eval_every: int,
           seed: int, desc: str = "train", hooks: list[StepHook] | None = None,
           on_eval: Callable[[dict[str, float]], None] | None = None,
@@ -195,166 +189,67 @@ def train(model: nn.Module, masks: MaskSet, data: DataBundle, tcfg: Any, *, step
     """Train ``model`` under ``masks`` for ``steps`` iterations, evaluating every ``eval_every``.
 
     The data order depends only on ``seed`` (so arms of one run see the same batches). ``hooks``
-    run after every optimizer step (gradual / dynamic schedules update masks there); a hook with
-    ``eval_metrics(step) -> dict`` adds to each evaluation record, and one with ``state_dict`` /
-    ``load_state_dict`` is carried through checkpoints. ``checkpoint``
-    receives the full loop state every ``train.checkpoint_every`` steps; passing that state back as
-    ``resume`` continues bit-for-bit. ``capture=(k, fn)`` hands ``fn`` the same state at step ``k``
-    (late rewinding keeps it as the point survivors return to). On CPU, ``train.linear_kernel``
-    (default ``auto``) runs the ``nn.Linear`` layers through oneDNN (see ``onednn``).
+    (``loop.StepHook``) run after every optimizer step; ``checkpoint`` receives the full loop state
+    every ``train.checkpoint_every`` steps; passing that state back as ``resume`` continues
+    bit-for-bit. ``capture=(k, fn)`` hands ``fn`` the same state at step ``k`` (late rewinding keeps
+    it as the point survivors return to). On CPU, ``train.linear_kernel`` (default ``auto``) runs
+    the ``nn.Linear`` layers through oneDNN (see ``onednn``).
     """
+    lane = Lane(model, masks, seed, desc, hooks, on_eval, checkpoint, resume, capture)
     fast = onednn.resolve(str(tcfg.get("linear_kernel", "auto")), data.train_x.device, bool(tcfg.get("compile")))
+    start = int(resume["step"]) if resume is not None else 0
     with onednn.use_onednn(model, fast):
-        return _train(model, masks, data, tcfg, steps=steps, eval_every=eval_every, seed=seed, desc=desc,
-                      hooks=hooks, on_eval=on_eval, checkpoint=checkpoint, resume=resume, capture=capture)
+        return run([lane], data, tcfg, lambda: SingleModule(model, masks, tcfg, steps), steps=steps,
+                   eval_every=eval_every, desc=desc, bar=_progress(steps, desc, start),
+                   zero_state=zero_pruned_state)[0]
 
 
-def _train(model: nn.Module, masks: MaskSet, data: DataBundle, tcfg: Any, *, steps: int, eval_every: int,
-           seed: int, desc: str, hooks: list[StepHook] | None, on_eval: Callable[[dict[str, float]], None] | None,
-           checkpoint: Callable[[dict[str, Any]], None] | None, resume: dict[str, Any] | None,
-           capture: tuple[int, Callable[[dict[str, Any]], None]] | None) -> TrainResult:
-    device = data.train_x.device
-    batch = int(tcfg.batch_size)
-    n = data.train_x.shape[0]
-    if batch > n:
-        raise ConfigError("train.batch_size", f"got {batch}; must be <= the training set size ({n})")
-    opt = make_optimizer(list(model.parameters()), tcfg)
-    step_fn = LeanStep(opt)
-    sched = make_lr_schedule(opt, tcfg, steps)
-    constant_lr = tcfg.get("lr_schedule", "constant") == "constant" and not int(tcfg.get("warmup_steps", 0))
-    gen = torch.Generator().manual_seed(seed)
-    fwd = torch.compile(model) if tcfg.get("compile") else model
-    history: list[dict[str, float]] = []
-    per_epoch = n // batch
-    order = torch.empty(0, dtype=torch.long)
-    cursor, start, wall0 = per_epoch, 0, 0.0
-    loss_sum = torch.zeros((), device=device)
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        masks.load_state_dict(resume["masks"])
-        opt.load_state_dict(resume["optimizer"])
-        zero_pruned_state(opt, masks)
-        sched.load_state_dict(resume["scheduler"])
-        gen.set_state(resume["generator"])
-        order, cursor, start = resume["order"], resume["cursor"], resume["step"]
-        history, wall0 = list(resume["history"]), resume["wall_s"]
-        loss_sum = resume["loss_sum"].to(device)
-        for hook, hstate in zip(hooks or (), resume.get("hooks") or ()):
-            if hstate is not None:  # stateful hooks (e.g. N:M SAD tracking) continue too
-                hook.load_state_dict(hstate)
-    masks.apply_()
-    # Masked gradients keep pruned weights exactly zero under every optimizer here (their moments
-    # and momenta stay zero, weight decay of zero is zero), so the weights need re-masking after a
-    # step only when a hook may change the masks mid-run: a newly pruned weight still carries
-    # optimizer state. Every evaluation checks the invariant either way.
-    remask = bool(hooks)
-    every = int(tcfg.get("checkpoint_every") or 0)
-    clip = float(tcfg.get("grad_clip") or 0.0)  # max global gradient norm (0 / null: off)
-    params = [q for q in model.parameters() if q.requires_grad] if clip else []
-    model.train()
-    t0 = time.perf_counter()
-    bar = _progress(steps, desc, start)
-    since_eval = start % eval_every if eval_every else 0
-    def state(done: int) -> dict[str, Any]:
-        return {"model": model.state_dict(), "masks": masks.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "generator": gen.get_state(), "order": order,
-                "cursor": cursor, "step": done, "history": list(history), "loss_sum": loss_sum.detach().clone(),
-                "wall_s": wall0 + time.perf_counter() - t0,
-                "hooks": [h.state_dict() if hasattr(h, "state_dict") else None for h in hooks or ()]}
+class SingleModule:
+    """``loop.Strategy`` for one lane: the plain module (``torch.compile``d if asked), its own
+    optimizer stepped by ``LeanStep``, masks enforced by the ``MaskSet`` itself."""
 
-    if capture and capture[0] == start:
-        capture[1](state(start))
-    for step in range(start, steps):
-        if cursor >= per_epoch:
-            order = torch.randperm(n, generator=gen)[: per_epoch * batch].view(per_epoch, batch).to(device)
-            cursor = 0
-        idx = order[cursor]
-        cursor += 1
-        xb = data.train_x.index_select(0, idx)
-        if getattr(data, "augment", None) is not None:  # dataset.augment: batched, on the device
-            xb = data.augment(xb, seed, step)
-        loss = F.cross_entropy(fwd(xb), data.train_y.index_select(0, idx))
-        step_fn.zero_grad()
-        loss.backward()
-        masks.mask_grads_()
-        if clip:  # after masking: pruned weights' (zero) gradients do not count towards the norm
-            torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
-        step_fn()
-        if remask:
-            masks.apply_()
-        if not constant_lr:
-            sched.step()
-        loss_sum += loss.detach()
-        since_eval += 1
-        for hook in hooks or ():
-            hook(step + 1, model, masks)
-        done = step + 1
-        if done % eval_every == 0 or done == steps:
-            record = _eval_record(model, masks, data, done, loss_sum / since_eval)
-            for hook in hooks or ():  # hooks may add metrics to the record (N:M: sad, sad_cum)
-                if hasattr(hook, "eval_metrics"):
-                    record.update(hook.eval_metrics(done))
-            loss_sum.zero_()
-            since_eval = 0
-            history.append(record)
-            bar.set_postfix(val_acc=f"{record['val_acc']:.4f}", refresh=False)
-            bar.update(done - bar.n)
-            if on_eval:
-                on_eval(record)
-            if not math.isfinite(record["train_loss"]) or not math.isfinite(record["val_loss"]):
-                bar.close()
-                raise Diverged(f"loss became {record['train_loss']} at step {done} ({desc}); "
-                               "lower train.lr or check the data")
-        if capture and capture[0] == done:
-            capture[1](state(done))
-        if checkpoint and every and done % every == 0 and done < steps:
-            checkpoint(state(done))
-    bar.close()
-    wall = wall0 + time.perf_counter() - t0
-    best = min(history, key=lambda r: r["val_loss"])
-    return check_chance(TrainResult(history=history, early_stop_step=int(best["step"]),
-                                    test_acc_at_early_stop=best["test_acc"], final_test_acc=history[-1]["test_acc"],
-                                    final_val_acc=history[-1]["val_acc"], wall_s=wall, steps=steps),
-                        data, tcfg, desc)
+    def __init__(self, model: nn.Module, masks: MaskSet, tcfg: Any, steps: int):
+        self.model, self.masks = model, masks
+        self.opt = make_optimizer(list(model.parameters()), tcfg)
+        self._step = LeanStep(self.opt)
+        self.sched = make_lr_schedule(self.opt, tcfg, steps)
+        self.fwd = torch.compile(model) if tcfg.get("compile") else model
+        self._clip_params = [q for q in model.parameters() if q.requires_grad] if tcfg.get("grad_clip") else []
+        model.train()
 
+    def forward_loss(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loss = F.cross_entropy(self.fwd(xb[0]), yb[0])
+        return loss, loss.detach()
 
-CHANCE_SIGMAS = 3.0
+    def zero_grad(self) -> None:
+        self._step.zero_grad()
 
+    def mask_grads(self) -> None:
+        self.masks.mask_grads_()
 
-def chance_accuracy(y: torch.Tensor) -> float:
-    """The accuracy below which a model has learned nothing measurable on labels ``y``.
+    def clip(self, max_norm: float) -> None:
+        torch.nn.utils.clip_grad_norm_(self._clip_params, max_norm, foreach=True)
 
-    A constant prediction scores the majority class's share p (1/num_classes on balanced data, the
-    most any input-independent guess scores on average); a guess is a binomial proportion over n
-    examples, so p plus three standard errors sqrt(p(1-p)/n) bounds what luck adds (one in ~700).
-    MNIST's test set: p = 0.1135, n = 10,000 → 0.123; CIFAR-10's: 0.100 + 0.009 → 0.109.
-    """
-    n = y.numel()
-    p = float(torch.bincount(y.flatten().long()).max()) / n
-    return p + CHANCE_SIGMAS * math.sqrt(p * (1 - p) / n)
+    def step(self) -> None:
+        self._step()
 
+    def apply_masks(self) -> None:
+        self.masks.apply_()
 
-def check_chance(result: TrainResult, data: DataBundle, tcfg: Any, desc: str) -> TrainResult:
-    """Flag an arm that ends at chance (diverged quietly, lr far too high, broken data): its status
-    becomes ``at_chance`` and the console says so. ``train.chance_check=false`` turns this off
-    (``budget=smoke`` does: its numbers mean nothing)."""
-    if not tcfg.get("chance_check", True) or not data.test_y.numel():
-        return result
-    level = chance_accuracy(data.test_y)
-    if result.final_test_acc <= level:
-        result.status = "at_chance"
-        print(f"sparse-run: warning: {desc} ended at chance (test accuracy {result.final_test_acc:.4f} <= "
-              f"{level:.4f}, the majority class's share + {CHANCE_SIGMAS:g} standard errors); its row has "
-              "status=at_chance: check train.lr and the data", file=sys.stderr)
-    return result
+    def after_hooks(self) -> None:
+        pass
 
+    def evaluate(self, data: DataBundle) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        val_loss, val_acc = evaluate(self.model, data.val_x, data.val_y)
+        _, test_acc = evaluate(self.model, data.test_x, data.test_y)
+        return val_loss.unsqueeze(0), val_acc.unsqueeze(0), test_acc.unsqueeze(0)
 
-def _eval_record(model: nn.Module, masks: MaskSet, data: DataBundle, step: int,
-                 train_loss: torch.Tensor) -> dict[str, float]:
-    val_loss, val_acc = evaluate(model, data.val_x, data.val_y)
-    _, test_acc = evaluate(model, data.test_x, data.test_y)
-    stray = masks.stray_weights()
-    vals = torch.stack([train_loss, val_loss, val_acc, test_acc, stray.float()]).tolist()  # the one host sync
-    if vals[4]:
-        raise RuntimeError(f"{int(vals[4])} pruned weights are nonzero at step {step}: mask enforcement is broken")
-    return {"step": step, "train_loss": vals[0], "val_loss": vals[1], "val_acc": vals[2], "test_acc": vals[3]}
+    def lane_state(self, k: int) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "masks": self.masks.state_dict(),
+                "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict()}
+
+    def load_optimizer_states(self, states: list[dict[str, Any]]) -> None:
+        self.opt.load_state_dict(states[0])
+
+    def release(self) -> None:
+        pass
