@@ -382,3 +382,8 @@ def test_grad_clip_lanes_equal_single_runs():
         for a, b, c in zip(model.parameters(), lane.model.parameters(), free.model.parameters()):
             torch.testing.assert_close(b, a, **TOL)
         assert not all(torch.equal(a, c) for a, c in zip(model.parameters(), free.model.parameters()))
+
+
+def test_grad_clip_is_accepted_with_replicates_now_that_lanes_clip_per_lane():
+    eff = effective(compose_cfg("experiment=lottery_mnist", "train.replicates=2", "train.grad_clip=1.0"))
+    assert eff.train.grad_clip == 1.0 and eff.train.replicates == 2
