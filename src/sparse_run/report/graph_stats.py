@@ -2,12 +2,14 @@
 p-value, per model arm and graph family, beside the thesis' r. Pure maths on result rows: the study writes
 ``correlations.csv`` with it and the report pools sweeps with it.
 
-The p-value uses a hand-written regularised incomplete beta function because scipy is not a dependency.
+The p-value is scipy's (``scipy.stats.pearsonr``: the exact t-distribution test).
 """
 from __future__ import annotations
 
 import math
 from typing import Any
+
+from scipy import stats
 
 PROPERTIES = ("layers", "nodes", "edges", "sources", "sinks", "diameter", "density", "avg_path_length",
               "eccentricity_mean", "eccentricity_var", "eccentricity_std", "degree_mean", "degree_var", "degree_std",
@@ -29,39 +31,9 @@ THESIS_R = {
 }
 
 
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta function (modified Lentz)."""
-    tiny = 1e-300
-    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 500):
-        for aa in (m * (b - m) * x / ((a - 1 + 2 * m) * (a + 2 * m)),
-                   -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 1 + 2 * m))):
-            d = 1.0 + aa * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + aa / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < 1e-15:
-            break
-    return h
-
-
-def betainc(a: float, b: float, x: float) -> float:
-    """Regularised incomplete beta I_x(a, b)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
-    if x < (a + 1.0) / (a + b + 2.0):
-        return front * _betacf(a, b, x) / a
-    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
-
-
 def pearson(x: list[float], y: list[float]) -> tuple[float, float]:
-    """Pearson r and its two-sided p-value (t = r √(df / (1 − r²)), df = n − 2); NaN if undefined."""
+    """Pearson r and its two-sided p-value (scipy.stats.pearsonr); NaN with fewer than 3 finite pairs or a
+    constant variable."""
     pairs = [(float(a), float(b)) for a, b in zip(x, y) if math.isfinite(float(a)) and math.isfinite(float(b))]
     n = len(pairs)
     if n < 3:
@@ -71,12 +43,8 @@ def pearson(x: list[float], y: list[float]) -> tuple[float, float]:
     sxx, syy = sum((a - mx) ** 2 for a, _ in pairs), sum((b - my) ** 2 for _, b in pairs)
     if sxx <= 0 or syy <= 0:
         return math.nan, math.nan  # a constant property (or accuracy) correlates with nothing
-    r = max(-1.0, min(1.0, sxy / math.sqrt(sxx * syy)))
-    df = n - 2
-    if abs(r) == 1.0:
-        return r, 0.0
-    t2 = r * r * df / (1.0 - r * r)
-    return r, betainc(df / 2.0, 0.5, df / (df + t2))
+    res = stats.pearsonr([a for a, _ in pairs], [b for _, b in pairs])
+    return float(res.statistic), float(res.pvalue)
 
 
 def correlations(rows: list[dict[str, Any]], target: str = "test_acc") -> list[dict[str, Any]]:
