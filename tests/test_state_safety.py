@@ -18,13 +18,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from conftest import CLI, compose_cfg, run_cli
 from sparse_run.data import sources as data_mod
 from sparse_run import execute as execute_mod
 from sparse_run.config import ConfigError
 from sparse_run.config.budget import explicit_keys
+from sparse_run.config.schema import dataset_config
 from sparse_run.engine import results
 from sparse_run.engine import run as run_mod
 from sparse_run.execute import effective
@@ -252,7 +252,7 @@ def _wheel(path: Path, payload: bytes) -> None:
 
 
 def _mnist_cfg():
-    return OmegaConf.create({"name": "mnist", "source": "mnist", "root": None, "download": False})
+    return dataset_config(name="mnist", source="mnist", download=False)
 
 
 def test_mnist_wheel_with_unexpected_contents_is_not_unpickled(tmp_path):

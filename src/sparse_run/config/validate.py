@@ -11,6 +11,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import ConfigError, choice, finite_floats, number
+from .schema import check_keys
 
 DEVICES = ("cpu", "cuda", "auto")
 # `name` is the first directory level under paths.results_dir: one path component, no `..`
@@ -32,8 +33,9 @@ def check_results_dir(value: Any) -> None:
 
 
 def validate_run(cfg: DictConfig) -> None:
-    """No nan / inf anywhere; name, results root, seed, device, threads."""
+    """No nan / inf anywhere; no key outside the schema; name, results root, seed, device, threads."""
     finite_floats(OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg)
+    check_keys(cfg)
     check_name(cfg.name)
     check_results_dir(cfg.paths.results_dir)
     number(cfg.seed, "seed", lo=0, integer=True)

@@ -98,4 +98,5 @@ def _validate_method(cfg: DictConfig, method: Method) -> None:
 
 def selects(cfg: Any) -> bool:
     """Whether the config's kind selects weights in a pattern a hardware target may constrain."""
-    return REGISTRY[cfg.method.schedule.kind].patterns is not None
+    method = REGISTRY.get(cfg.method.schedule.kind)  # an unknown kind is validate's one-line error
+    return method is not None and method.patterns is not None

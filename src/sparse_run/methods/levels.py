@@ -83,7 +83,7 @@ def matched_width(run: Run, nnz: int) -> tuple[float, int]:
         with torch.device("meta"):  # shapes only: no memory, no draw from the global RNG
             return sum(q.numel() for q in models.ARCHS[cfg.arch](cfg, spec).parameters())
 
-    lo, hi = 1e-4, max(1.0, float(run.cfg.model.get("width", 1.0)))
+    lo, hi = 1e-4, max(1.0, float(run.cfg.model.width))
     for _ in range(40):  # smallest width with count >= nnz
         mid = (lo + hi) / 2
         lo, hi = (lo, mid) if count(mid) >= nnz else (mid, hi)

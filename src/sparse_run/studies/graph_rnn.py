@@ -203,11 +203,11 @@ def validate(cfg: Any) -> None:
     number(s.ws_p, "method.schedule.ws_p", lo=0, hi=1)
     number(s.ws_tries, "method.schedule.ws_tries", lo=1, integer=True)
     choice(s.get("gate_masks"), "method.schedule.gate_masks", GATE_MASKS)
-    if cfg.model.get("arch") != "rnn" or float(cfg.model.get("width", 1.0)) != 1.0:
-        raise ConfigError("model", f"got arch={cfg.model.get('arch')}, width={cfg.model.get('width')}; "
+    if cfg.model.arch != "rnn" or float(cfg.model.width) != 1.0:
+        raise ConfigError("model", f"got arch={cfg.model.arch}, width={cfg.model.width}; "
                                    "graph_rnn needs arch rnn with width 1.0 (its cell; the graph sets the sizes)")
-    if cfg.dataset.get("layout") != "tokens":
-        raise ConfigError("dataset", f"got {cfg.dataset.get('name')} (layout {cfg.dataset.get('layout')}); graph_rnn "
+    if cfg.dataset.layout != "tokens":
+        raise ConfigError("dataset", f"got {cfg.dataset.name} (layout {cfg.dataset.layout}); graph_rnn "
                                      "needs token inputs (dataset=reber): its embedding is as wide as the source layer")
 
 
