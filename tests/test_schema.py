@@ -35,14 +35,13 @@ def _flat(node: dict, prefix: str) -> list[tuple[str, object]]:
 def test_every_key_of_every_typed_yaml_is_in_the_schema_with_a_matching_type(group):
     for option in groups()[group]:
         raw = yaml.safe_load(CONF.joinpath(group, f"{option}.yaml").read_text())
-        assert any(f"_schema_{group}" in str(d) for d in raw.get("defaults", [])) or any(
-            d in groups()[group] for d in raw.get("defaults", [])), f"{group}/{option}.yaml does not inherit the schema"
         raw.pop("defaults", None)
         for key, _ in _flat(raw, group):
             assert key in KEYS, f"{group}/{option}.yaml: {key} is not in config/schema.py"
         # the YAML's values merge into the dataclass without a type error (what Hydra does when composing)
         OmegaConf.merge(OmegaConf.structured(GROUPS[group]), raw)
         cfg = compose_cfg(f"{group}={option}")
+        assert OmegaConf.get_type(cfg, group) is GROUPS[group], f"{group}/{option}.yaml does not inherit the schema"
         check_keys(cfg)
 
 
@@ -59,7 +58,12 @@ def test_every_schema_field_has_a_one_line_meaning_and_a_type():
     assert len(KEYS) > 80
     for key, (typ, _, meaning) in KEYS.items():
         assert meaning.strip() and "\n" not in meaning, f"{key} has no one-line meaning"
-        assert typ and typ != "Any" or key in {"dataset.mean", "dataset.std", "model.hidden", "model.padding"}, key
+        # Any only where a key takes a number or a list (a union OmegaConf 2.3 cannot type), said in its meaning
+        assert typ != "Any" or key in UNIONS, key
+
+
+UNIONS = {"dataset.mean", "dataset.std", "model.hidden", "model.padding", "method.schedule.final_sparsity",
+          "method.schedule.models"}
 
 
 def test_a_wrong_type_is_one_line_naming_the_field_and_the_expected_type(tmp_path):

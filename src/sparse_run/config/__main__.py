@@ -1,10 +1,15 @@
-"""``python -m sparse_run.config``: the typed config schema as a Markdown table (key, type, default, meaning).
-
-docs/usage.md embeds this output between the ``schema-table`` markers; a test checks that it is current.
+"""``python -m sparse_run.config [--update FILE]``: the typed config schema as a Markdown table (key, type,
+default, meaning); ``--update`` rewrites the table between FILE's ``schema-table`` markers (docs/usage.md; a test
+checks that it is current).
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 from .schema import rows
+
+START, END = "<!-- schema-table:start -->\n", "<!-- schema-table:end -->"
 
 
 def table() -> str:
@@ -15,5 +20,14 @@ def table() -> str:
     return "\n".join(lines) + "\n"
 
 
+def update(path: Path) -> None:
+    text = path.read_text()
+    head, rest = text.split(START, 1)
+    path.write_text(head + START + table() + END + rest.split(END, 1)[1])
+
+
 if __name__ == "__main__":
-    print(table(), end="")
+    if sys.argv[1:2] == ["--update"] and len(sys.argv) == 3:
+        update(Path(sys.argv[2]))
+    else:
+        print(table(), end="")

@@ -18,15 +18,8 @@ from typing import Any, Optional, get_args, get_type_hints
 from omegaconf import MISSING
 
 from .errors import ConfigError
-
-
-def key(default: Any, help: str) -> Any:  # noqa: A002 - "help" is the metadata's name
-    """A field with its one-line meaning; lists and dicts get a fresh copy per instance."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    if is_dataclass(default):
-        return field(default_factory=type(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+from .keys import key
+from .method_schema import ControlsConfig, MethodConfig, PolicyConfig, ScheduleConfig, SelectionConfig
 
 
 @dataclass
@@ -189,7 +182,7 @@ class HardwareConfig:
 
 GROUPS: dict[str, type] = {"train": TrainConfig, "budget": BudgetConfig, "paths": PathsConfig,
                            "logger": LoggerConfig, "dataset": DatasetConfig, "model": ModelConfig,
-                           "hardware": HardwareConfig}
+                           "hardware": HardwareConfig, "method": MethodConfig}
 
 
 def register() -> None:

@@ -62,7 +62,7 @@ def validate_dataset(cfg: DictConfig) -> None:
     """``dataset.val_size`` and a batch that fits in the training split (after the budget's subset)."""
     d, b, t = cfg.dataset, cfg.budget, cfg.train
     number(d.val_size, "dataset.val_size", lo=0, integer=True)
-    if d.get("train_examples"):
+    if d.train_examples:
         number(d.val_size, "dataset.val_size", lo=0, hi=int(d.train_examples) - 1, integer=True)
         available = int(d.train_examples) - int(d.val_size)
         if b.train_subset:

@@ -202,7 +202,7 @@ def validate(cfg: Any) -> None:
     number(s.ws_k_div, "method.schedule.ws_k_div", lo=2, integer=True)  # k = n // div < n
     number(s.ws_p, "method.schedule.ws_p", lo=0, hi=1)
     number(s.ws_tries, "method.schedule.ws_tries", lo=1, integer=True)
-    choice(s.get("gate_masks"), "method.schedule.gate_masks", GATE_MASKS)
+    choice(s.gate_masks, "method.schedule.gate_masks", GATE_MASKS)
     if cfg.model.arch != "rnn" or float(cfg.model.width) != 1.0:
         raise ConfigError("model", f"got arch={cfg.model.arch}, width={cfg.model.width}; "
                                    "graph_rnn needs arch rnn with width 1.0 (its cell; the graph sets the sizes)")
