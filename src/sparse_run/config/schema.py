@@ -12,14 +12,14 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import MISSING as NO_DEFAULT
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, Optional, get_args, get_type_hints
 
 from omegaconf import MISSING
 
 from .errors import ConfigError
 from .keys import key
-from .method_schema import ControlsConfig, MethodConfig, PolicyConfig, ScheduleConfig, SelectionConfig
+from .method_schema import MethodConfig
 
 
 @dataclass
