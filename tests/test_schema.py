@@ -131,8 +131,12 @@ def test_no_module_branches_on_the_budget_name():
     for p in (REPO / "src/sparse_run").rglob("*.py"):
         if "conf" in p.parts:
             continue
-        assert not re.search(r"budget\.name\s*[=!]=", p.read_text()), p
+        assert not re.search(r"budget\.name\s*[=!]=|\.get\([^)]*budget\.name", p.read_text()), p
     assert compose_cfg("budget=smoke").budget.short_timing and not compose_cfg("budget=quick").budget.short_timing
+    from sparse_run.hardware.kernels import settings
+
+    smoke, _ = settings(effective(compose_cfg("experiment=hw_sparse_1x1", "budget=smoke")))
+    assert smoke["rounds"] == 3 and len(smoke["shapes"]) == 2
 
 
 def test_usage_doc_shows_the_current_schema_table():

@@ -61,6 +61,7 @@ class BudgetConfig:
     data_fallback: bool = key(False, "absent dataset files -> its synthetic stand-in (dataset.stand_in), announced")
     chance_check: bool = key(True, "an arm ending at chance accuracy gets status at_chance and a warning")
     short_timing: bool = key(False, "hardware targets time with their short protocol (hardware.smoke)")
+    kernel_study: dict[str, Any] = key({}, "overrides of the kernel study's settings (fewer shapes, rounds)")
 
 
 @dataclass
