@@ -14,7 +14,7 @@ from conftest import REPO, compose_cfg, run_cli
 from sparse_run import methods
 from sparse_run.cli import groups
 from sparse_run.config import ConfigError
-from sparse_run.config.schema import GROUPS, check_keys, rows
+from sparse_run.config.schema import GROUPS, RootConfig, check_keys, rows
 from sparse_run.execute import effective
 
 CONF = resources.files("sparse_run.conf")
@@ -49,6 +49,7 @@ def test_every_key_of_every_typed_yaml_is_in_the_schema_with_a_matching_type(gro
 def test_every_experiment_composes_against_the_schema(experiment):
     for budget in groups()["budget"]:
         cfg = compose_cfg(f"experiment={experiment}", f"budget={budget}")
+        assert OmegaConf.get_type(cfg) is RootConfig
         for group, cls in GROUPS.items():
             assert OmegaConf.get_type(cfg, group) is cls, f"{experiment}: {group} is not typed"
         check_keys(cfg)
@@ -63,7 +64,7 @@ def test_every_schema_field_has_a_one_line_meaning_and_a_type():
 
 
 UNIONS = {"dataset.mean", "dataset.std", "model.hidden", "model.padding", "method.schedule.final_sparsity",
-          "method.schedule.models"}
+          "method.schedule.models", "budget_sizes", "kernel_study"}
 
 
 def test_a_wrong_type_is_one_line_naming_the_field_and_the_expected_type(tmp_path):
@@ -80,6 +81,8 @@ def test_an_unknown_key_in_a_typed_group_is_refused_even_with_plus():
         effective(compose_cfg("experiment=lottery_mnist", "+train.stepz=3"))
     with pytest.raises(Exception, match="stepz"):  # without +, Hydra refuses it while composing
         compose_cfg("experiment=lottery_mnist", "train.stepz=3")
+    with pytest.raises(ConfigError, match=r"^sed: not a config key; did you mean seed\?"):  # top-level keys too
+        effective(compose_cfg("experiment=lottery_mnist", "+sed=3"))
 
 
 def test_the_budget_passes_out_of_range_values_through_so_the_one_validation_names_them():

@@ -181,6 +181,30 @@ class HardwareConfig:
     smoke: ShortTimingConfig = key(ShortTimingConfig(), "the short protocol (budget.short_timing)")
 
 
+@dataclass
+class RootConfig:
+    """The top-level keys (``config.yaml``) and the groups; experiments set keys of their own kinds below."""
+
+    name: str = key("default", "experiment name: first level of the run directory, experiment column")
+    seed: int = key(0, "fixes init, data order and mask tie-breaking")
+    device: str = key("cpu", "cpu | cuda | auto")
+    threads: Optional[int] = key(None, "torch intra-op threads (null: torch's default); recorded in results")
+    progress: bool = key(True, "progress bar (only drawn when stderr is a terminal)")
+    cache: bool = key(True, "reuse shared stages (dense pre-training) from <paths.results_dir>/.cache")
+    restart: bool = key(False, "clear this run's directory and start afresh; not part of the config hash")
+    budget_sizes: Any = key(None, "experiment=rnn_*: the experiment's sizes per budget, picked by budget.name")
+    budget_note: Optional[str] = key(None, "experiment=rnn_*: the line printed about those sizes")
+    kernel_study: Any = key(None, "experiment=hw_sparse_1x1: the kernel study's settings (studies/kernel_study.py)")
+    model: ModelConfig = key(ModelConfig(), "model/")
+    dataset: DatasetConfig = key(DatasetConfig(), "dataset/")
+    method: MethodConfig = key(MethodConfig(), "method/")
+    hardware: HardwareConfig = key(HardwareConfig(), "hardware/")
+    train: TrainConfig = key(TrainConfig(), "train/")
+    budget: BudgetConfig = key(BudgetConfig(), "budget/")
+    logger: LoggerConfig = key(LoggerConfig(), "logger/")
+    paths: PathsConfig = key(PathsConfig(), "paths/")
+
+
 GROUPS: dict[str, type] = {"train": TrainConfig, "budget": BudgetConfig, "paths": PathsConfig,
                            "logger": LoggerConfig, "dataset": DatasetConfig, "model": ModelConfig,
                            "hardware": HardwareConfig, "method": MethodConfig}
@@ -193,6 +217,7 @@ def register() -> None:
     cs = ConfigStore.instance()
     for group, node in GROUPS.items():
         cs.store(name=f"_schema_{group}", node=node)
+    cs.store(name="_schema_root", node=RootConfig)
 
 
 def _type_name(hint: Any) -> str:
@@ -203,10 +228,12 @@ def _type_name(hint: Any) -> str:
 def rows(groups: dict[str, type] | None = None) -> list[tuple[str, str, str, str]]:
     """(key, type, default, meaning) for every field of every typed group, nested dataclasses expanded."""
     out: list[tuple[str, str, str, str]] = []
-    for path, cls in (GROUPS if groups is None else groups).items():
+    for path, cls in ({"": RootConfig, **GROUPS} if groups is None else groups).items():
         hints = get_type_hints(cls)
         for f in fields(cls):
-            name, hint = f"{path}.{f.name}", hints[f.name]
+            if not path and f.name in GROUPS:
+                continue  # the groups follow, each under its own name
+            name, hint = f"{path}.{f.name}" if path else f.name, hints[f.name]
             if f.default is not NO_DEFAULT:
                 default: Any = f.default
             else:
@@ -249,10 +276,14 @@ RUN_SET = {"budget.unscaled", "dataset.fallback_from"}  # keys the run adds to t
 
 
 def check_keys(cfg: Any) -> None:
-    """Every key of a typed group is in the schema: a key added with ``+group.key=`` (which Hydra lets into
-    a typed group) is read by no code, so it is refused like a misspelled one."""
+    """Every key is in the schema: a key added with ``+key=`` (which Hydra lets into a typed config) is read
+    by no code, so it is refused like a misspelled one."""
     known = _meanings()
     nested = {k for k, (t, _) in known.items() if "Config" in t}  # dataclass-typed keys: checked inside too
+    for top in cfg:
+        if top not in known and top not in GROUPS:
+            near = difflib.get_close_matches(str(top), list(known), n=1, cutoff=0.6)
+            raise ConfigError(str(top), f"not a config key; {f'did you mean {near[0]}?' if near else 'no such key'}")
     for group in GROUPS:
         for path in _paths(cfg[group], group, nested):
             if path not in known and path not in RUN_SET:
@@ -268,3 +299,4 @@ def _paths(node: Any, prefix: str, nested: set[str]) -> list[str]:
         if hasattr(v, "items") and f"{prefix}.{k}" in nested:
             out += _paths(v, f"{prefix}.{k}", nested)
     return out
+

@@ -23,7 +23,7 @@ def run_oneshot(run: Run) -> None:
     model each) and per policy arm (which weights are prunable); ``schedule.finetune_evals`` = E
     evaluates fine-tuning E times at equal intervals, each into a ``test_acc_ft_<k>`` column."""
     sched, method = run.cfg.method.schedule, run.cfg.method
-    if run.cfg.get("budget_note"):
+    if run.cfg.budget_note:
         print(f"sparse-run: {run.cfg.name} at budget {run.cfg.budget.name}: {run.cfg.budget_note}")
     evals = sched.finetune_evals
     ft_train = {"eval_every": -(-int(sched.finetune_steps) // int(evals))} if evals else None  # ⌈steps / E⌉

@@ -235,7 +235,7 @@ def build_model(run: Run, lay: Layered, seed: int) -> GraphRNNClassifier:
 def run_graph_rnn(run: Run) -> None:
     """One arm per model arm × family × graph, trained from θ0 under the graph's masks."""
     s = run.cfg.method.schedule
-    if run.cfg.get("budget_note"):
+    if run.cfg.budget_note:
         print(f"sparse-run: {run.cfg.name} at budget {run.cfg.budget.name}: {run.cfg.budget_note}")
     for mlabel, mover in arms.model_arms(run.cfg):
         grun = arms.derive(run, model=mover)
