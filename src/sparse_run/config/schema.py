@@ -1,11 +1,13 @@
-"""The typed config schema: every key of the typed groups with its type, default and one-line meaning, written once.
+"""The typed config schema: every key with its type, default and one-line meaning, written once.
 
-Each group's YAML files list ``/_schema_<group>@_here_`` first in their ``defaults``, so Hydra composes them
-over these dataclasses (registered in Hydra's ConfigStore by ``register()``, which ``sparse_run.conf`` runs
-on import): a key no dataclass declares, or a value of the wrong type, fails at composition, and the CLI turns
-that into one ``error: <field>: ...`` line. Keys that only some options of a group use (e.g. ``model.depth``)
-are ``Optional`` with ``None`` and say which option reads them. Ranges and cross-field rules stay in
-``validate`` (and each method's ``validate``); this module only says what exists and of which type.
+``RootConfig`` holds the top-level keys and one dataclass per group (``method/``: ``method_schema.py``); each is
+registered in Hydra's ConfigStore as ``_schema_root`` / ``_schema_<group>`` by ``register()``, which
+``sparse_run.conf`` runs on import. ``config.yaml`` lists ``_schema_root`` first and each group's YAML files list
+``/_schema_<group>@_here_`` first in their ``defaults``, then set only what differs. A key no dataclass declares,
+or a value of the wrong type, fails at composition; the CLI turns that into one ``error: <field>: ...`` line
+(``schema_error``), and ``check_keys`` refuses keys added with ``+``. Keys only some options read (e.g.
+``model.depth``) are ``Optional`` with ``None`` and say who reads them. Ranges and cross-field rules stay in the
+validation (run once per run); this module says what exists and of which type.
 """
 from __future__ import annotations
 
