@@ -27,6 +27,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from .config import ConfigError
+from .config.schema import schema_error
 
 CONF_MODULE = "sparse_run.conf"
 MAX_DIRNAME = 200  # file systems allow 255 bytes per path component
@@ -52,8 +53,8 @@ def groups() -> dict[str, list[str]]:
     root = resources.files(CONF_MODULE)
     out: dict[str, list[str]] = {}
     for d in root.iterdir():
-        if d.is_dir() and not d.name.startswith("_"):
-            out[d.name] = sorted(f.name[:-5] for f in d.iterdir() if f.name.endswith(".yaml"))
+        if d.is_dir() and not d.name.startswith("_"):  # names starting with _ are bases, not options
+            out[d.name] = sorted(f.name[:-5] for f in d.iterdir() if f.name.endswith(".yaml") and not f.name.startswith("_"))
     return out
 
 
@@ -143,7 +144,7 @@ def unknown_key_error(e: Exception, overrides: list[str]) -> ConfigError | None:
         keys = []
     near = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
     hint = f"did you mean {near[0]}?" if near else "no such key"
-    return ConfigError(key, f"not a config key; {hint} (a new key needs a leading +: +{key}=...)")
+    return ConfigError(key, f"not a config key; {hint}")  # the schema takes no new keys (config/schema.py)
 
 
 def prevalidate(args: list[str], multirun: bool = False) -> None:
@@ -169,7 +170,7 @@ def prevalidate(args: list[str], multirun: bool = False) -> None:
     except Exception as e:
         if swept_groups:  # a key may exist only under a swept group option: each job composes and reports
             return
-        err = unknown_key_error(e, overrides)
+        err = unknown_key_error(e, overrides) or schema_error(e)
         if err is not None:
             raise err from None
         raise
@@ -178,13 +179,10 @@ def prevalidate(args: list[str], multirun: bool = False) -> None:
     check_writable_dir(cfg.paths.results_dir, "paths.results_dir")
     if multirun:
         return
-    from . import hardware, methods
     from .data import sources
     from .engine import logger
 
-    eff = effective(cfg, explicit_keys(overrides))
-    hardware.check(eff, methods.selects(eff))  # may switch the method's pattern to what the target runs (announced)
-    methods.validate(eff)
+    eff = effective(cfg, explicit_keys(overrides))  # the one validation of a single run
     logger.check(eff.logger)
     sources._root(cfg.dataset, cfg.paths.data_dir)
 
@@ -242,7 +240,6 @@ def _mark_failed(run_dir: Path, error: BaseException) -> None:
 
 @hydra.main(version_base="1.3", config_path="pkg://sparse_run.conf", config_name="config")
 def task(cfg: DictConfig) -> None:
-    from . import hardware, methods
     from .config import budget_note, explicit_keys
     from .engine import logger
     from .engine.train import Diverged
@@ -252,9 +249,8 @@ def task(cfg: DictConfig) -> None:
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
     try:
-        eff = effective(cfg, explicit_keys(hc.overrides.task))
-        hardware.check(eff, methods.selects(eff))
-        methods.validate(eff)
+        # a single run was validated by prevalidate (same command line); each job of a sweep validates here
+        eff = effective(cfg, explicit_keys(hc.overrides.task), validate=multirun)
         logger.check(eff.logger)
         note = budget_note(eff)
         if note:
@@ -299,6 +295,10 @@ def main() -> None:
 
         if not isinstance(e, (HydraException, OmegaConfBaseException)):
             raise
+        typed = schema_error(e)  # a value of the wrong type, e.g. in an experiment's YAML
+        if typed is not None:
+            print(f"error: {typed}", file=sys.stderr)
+            sys.exit(2)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"error: {first}", file=sys.stderr)
         sys.exit(2)

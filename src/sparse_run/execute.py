@@ -3,7 +3,7 @@
 figures and print the console table.
 
 Above the methods and the report: it is the one place that joins them. ``effective`` turns a composed config
-into the one a run records (validated, budget applied, validated again).
+into the one a run records (budget applied, hardware target reconciled, validated once).
 """
 from __future__ import annotations
 
@@ -35,12 +35,16 @@ RUN_FILES = ("run.json", "config.yaml", "summary.csv", "metrics.jsonl", "layers.
              "kernel.csv", "kernel.json", "breakeven.csv", "correlations.csv")
 
 
-def effective(cfg: DictConfig, explicit: Iterable[str] = ()) -> DictConfig:
-    """Validate the composed config and return the effective (budgeted) one; ``explicit``: the keys
-    given on the command line (see ``config.explicit_keys``), which the budget leaves as they are."""
-    methods.validate(cfg)
+def effective(cfg: DictConfig, explicit: Iterable[str] = (), validate: bool = True) -> DictConfig:
+    """The effective config a run records: the budget applied (``explicit``: the keys given on the command
+    line, see ``config.explicit_keys``, which it leaves as they are), the method's selection reconciled with
+    the hardware target (announced), then validated — once per run: the CLI validates before Hydra writes
+    anything, and a single run's job, composed from the same command line, passes ``validate=False``.
+    Types were checked when Hydra composed ``cfg`` against the schema (``config/schema.py``)."""
     eff = apply_budget(cfg, explicit)
-    methods.validate(eff)
+    hardware.check(eff, methods.selects(eff))  # may switch the method's pattern to what the target runs
+    if validate:
+        methods.validate(eff)
     return eff
 
 
@@ -112,12 +116,12 @@ def execute(cfg: DictConfig, run_dir: Path) -> Path:
     directory stops with one line instead of training everything again beside the first.
     """
     run_dir = Path(run_dir)
-    restart = cfg.get("restart", False)
+    restart = cfg.restart
     if not isinstance(restart, bool):
         raise ConfigError("restart", f"got {restart!r}; allowed: true, false")
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
-    train_mod.SHOW_PROGRESS = bool(cfg.get("progress", True))
+    train_mod.SHOW_PROGRESS = bool(cfg.progress)
     device = pick_device(cfg.device)
     cfg = data_mod.with_fallback(cfg)  # budget=smoke on absent data: synthetic stand-in, announced
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -18,13 +18,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from conftest import CLI, compose_cfg, run_cli
 from sparse_run.data import sources as data_mod
 from sparse_run import execute as execute_mod
-from sparse_run.config import ConfigError
 from sparse_run.config.budget import explicit_keys
+from sparse_run.config.schema import dataset_config
 from sparse_run.engine import results
 from sparse_run.engine import run as run_mod
 from sparse_run.execute import effective
@@ -252,7 +251,7 @@ def _wheel(path: Path, payload: bytes) -> None:
 
 
 def _mnist_cfg():
-    return OmegaConf.create({"name": "mnist", "source": "mnist", "root": None, "download": False})
+    return dataset_config(name="mnist", source="mnist", download=False)
 
 
 def test_mnist_wheel_with_unexpected_contents_is_not_unpickled(tmp_path):
@@ -360,9 +359,11 @@ def test_restart_is_not_part_of_the_config_hash():
 
 
 def test_restart_must_be_a_boolean(tmp_path):
-    with pytest.raises(ConfigError, match="restart"):
-        execute_mod.execute(cfg_of(*SMOKE, "restart=maybe", root=tmp_path), tmp_path / "run")
-    assert not (tmp_path / "run/run.json").exists()
+    # the schema types restart as bool: the CLI refuses anything else in one line before a directory exists
+    proc = run_cli(*SMOKE, "restart=maybe", f"paths.results_dir={tmp_path}", check=False)
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and err.startswith("error: restart: got 'maybe'; expected bool"), err
+    assert len(err.splitlines()) == 1 and not any(tmp_path.iterdir())
 
 
 # -- 16. a failed or concurrent attempt does not damage a run ------------------------------------

@@ -1,4 +1,5 @@
-"""Configuration: the error type, field checks, the budget rule and the generic validation of a composed config.
+"""Configuration: the typed schema (``schema.py``), the error type, field checks, the budget rule and the generic
+validation of a composed config.
 
 The bottom layer: it imports nothing else from sparse_run, so every other layer may use it. Method-specific
 settings are validated by their method (``methods.validate`` composes both, once per run).

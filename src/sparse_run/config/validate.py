@@ -11,6 +11,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import ConfigError, choice, finite_floats, number
+from .schema import check_keys
 
 DEVICES = ("cpu", "cuda", "auto")
 # `name` is the first directory level under paths.results_dir: one path component, no `..`
@@ -32,8 +33,9 @@ def check_results_dir(value: Any) -> None:
 
 
 def validate_run(cfg: DictConfig) -> None:
-    """No nan / inf anywhere; name, results root, seed, device, threads."""
+    """No nan / inf anywhere; no key outside the schema; name, results root, seed, device, threads."""
     finite_floats(OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg)
+    check_keys(cfg)
     check_name(cfg.name)
     check_results_dir(cfg.paths.results_dir)
     number(cfg.seed, "seed", lo=0, integer=True)
@@ -60,7 +62,7 @@ def validate_dataset(cfg: DictConfig) -> None:
     """``dataset.val_size`` and a batch that fits in the training split (after the budget's subset)."""
     d, b, t = cfg.dataset, cfg.budget, cfg.train
     number(d.val_size, "dataset.val_size", lo=0, integer=True)
-    if d.get("train_examples"):
+    if d.train_examples:
         number(d.val_size, "dataset.val_size", lo=0, hi=int(d.train_examples) - 1, integer=True)
         available = int(d.train_examples) - int(d.val_size)
         if b.train_subset:

@@ -48,8 +48,8 @@ def build(cfg: Any, mean: torch.Tensor, std: torch.Tensor) -> CropFlip | None:
 
     if not cfg:
         return None
-    padding = number(cfg.get("crop_padding", 0), "dataset.augment.crop_padding", lo=0, integer=True)
-    flip = cfg.get("hflip", False)
+    padding = number(cfg.crop_padding, "dataset.augment.crop_padding", lo=0, integer=True)
+    flip = cfg.hflip
     if not isinstance(flip, bool):
         raise ConfigError("dataset.augment.hflip", f"got {flip!r}; allowed: true, false")
     if not padding and not flip:

@@ -201,7 +201,7 @@ LAYOUTS = ("image", "sequence", "tokens")
 def _root(cfg: Any, data_dir: str) -> Path:
     """Where the dataset's files live. An explicit ``dataset.root`` must already exist: a typo must not
     silently become a new directory that a download fills (create the directory first to download there)."""
-    explicit = bool(cfg.get("root"))
+    explicit = bool(cfg.root)
     root = Path(cfg.root) if explicit else Path(data_dir)
     root = root.expanduser()
     try:
@@ -212,7 +212,7 @@ def _root(cfg: Any, data_dir: str) -> Path:
     if exists and (not root.is_dir() or not os.access(root, os.R_OK | os.X_OK)):
         raise ConfigError("dataset.root", f"{root} is not a readable directory; "
                           "allowed: a readable directory, or null for paths.data_dir")
-    if explicit and not exists and cfg.get("source") not in GENERATORS:
+    if explicit and not exists and cfg.source not in GENERATORS:
         raise ConfigError("dataset.root", f"{root} does not exist; allowed: an existing directory (mkdir it "
                           "first to download into it), or null for paths.data_dir")
     return root
@@ -221,7 +221,7 @@ def _root(cfg: Any, data_dir: str) -> Path:
 def prepare(cfg: Any, data_dir: str) -> Path:
     """Make sure ``<root>/<name>/tensors.pt`` exists; return its path."""
     root = _root(cfg, data_dir)
-    cache = root / cfg.get("store", cfg.name) / "tensors.pt"  # views (seq_mnist) share their source's file
+    cache = root / (cfg.store or cfg.name) / "tensors.pt"  # views (seq_mnist) share their source's file
     if cache.exists():
         return cache
     if cfg.source not in SOURCES:
@@ -238,7 +238,7 @@ def load(cfg: Any, data_dir: str, device: torch.device | str = "cpu",
     The validation split is fixed by ``dataset.split_seed`` (not the run seed), so every run and
     every arm sees the same training / validation examples.
     """
-    layout = choice(cfg.get("layout", "image"), "dataset.layout", LAYOUTS)
+    layout = choice(cfg.layout, "dataset.layout", LAYOUTS)
     if cfg.source in GENERATORS:
         blob = GENERATORS[cfg.source](cfg)
     else:
@@ -275,7 +275,7 @@ def load(cfg: Any, data_dir: str, device: torch.device | str = "cpu",
         train_x=norm(train_x[train_idx]), train_y=train_y[train_idx],
         val_x=norm(train_x[val_idx]), val_y=train_y[val_idx],
         test_x=norm(test_x), test_y=test_y,
-        augment=augment.build(cfg.get("augment"), mean, std) if layout == "image" else None,
+        augment=augment.build(cfg.augment, mean, std) if layout == "image" else None,
     )
     return bundle.to(device)
 
@@ -303,7 +303,7 @@ def stand_in(cfg: Any) -> DictConfig:
     ``dataset=synthetic_cifar10`` (that file's defaults are ``[cifar10, _self_]``)."""
     from importlib import resources
 
-    name = cfg.get("stand_in")
+    name = cfg.stand_in
     path = resources.files("sparse_run.conf").joinpath("dataset", f"{name}.yaml")
     if not name or not path.is_file():
         raise ConfigError("dataset.stand_in", f"got {name!r}; allowed: the name of a synthetic dataset config")
@@ -319,7 +319,7 @@ def with_fallback(cfg: DictConfig) -> DictConfig:
     summary's ``dataset`` column) and ``dataset.fallback_from``. Never downloads.
     """
     d = cfg.dataset
-    if not cfg.budget.get("data_fallback") or d.source in GENERATORS or not d.get("stand_in"):
+    if not cfg.budget.data_fallback or d.source in GENERATORS or not d.stand_in:
         return cfg
     try:
         prepare(OmegaConf.merge(d, {"download": False}), cfg.paths.data_dir)
@@ -337,11 +337,11 @@ def with_fallback(cfg: DictConfig) -> DictConfig:
 
 def main() -> None:
     """``python -m sparse_run.data [DATA_DIR]``: fetch and prepare MNIST (used by ``make data``)."""
-    from omegaconf import OmegaConf
+    from sparse_run.config.schema import dataset_config
 
     default = os.environ.get("SPARSE_RUN_DATA") or os.path.expanduser("~/.cache/sparse-run/data")  # = paths.data_dir
     data_dir = sys.argv[1] if len(sys.argv) > 1 else default
-    cfg = OmegaConf.create({"name": "mnist", "source": "mnist", "root": None, "download": True})
+    cfg = dataset_config(name="mnist", source="mnist", download=True)
     try:
         print(prepare(cfg, data_dir))
     except ConfigError as e:

@@ -17,17 +17,20 @@ import torch.nn.functional as F
 
 
 def generate(cfg: Any) -> dict[str, torch.Tensor]:
-    from sparse_run.config.errors import ConfigError, number
+    from omegaconf import OmegaConf
 
-    s = cfg.get("synthetic") or {}
+    from sparse_run.config.errors import ConfigError, number
+    from sparse_run.config.schema import SyntheticConfig
+
+    s = cfg.synthetic or OmegaConf.structured(SyntheticConfig)
     shape = tuple(int(d) for d in cfg.shape)
     if len(shape) not in (2, 3) or min(shape) < 1:
         raise ConfigError("dataset.shape", f"got {list(shape)}; allowed: [C, H, W] images or [T, F] sequences")
-    n_train = number(s.get("train_size", 6000), "dataset.synthetic.train_size", lo=1, integer=True)
-    n_test = number(s.get("test_size", 1000), "dataset.synthetic.test_size", lo=1, integer=True)
-    snr = number(s.get("snr", 6.0), "dataset.synthetic.snr", lo=0)
+    n_train = number(s.train_size, "dataset.synthetic.train_size", lo=1, integer=True)
+    n_test = number(s.test_size, "dataset.synthetic.test_size", lo=1, integer=True)
+    snr = number(s.snr, "dataset.synthetic.snr", lo=0)
     k = int(cfg.num_classes)
-    g = torch.Generator().manual_seed(int(s.get("seed", 0)))
+    g = torch.Generator().manual_seed(int(s.seed))
     planes = shape if len(shape) == 3 else (1, *shape)
     coarse = torch.randn(k, planes[0], 4, 4, generator=g)
     protos = F.interpolate(coarse, size=planes[1:], mode="bilinear", align_corners=False)

@@ -42,12 +42,12 @@ def _arms(raw: Any) -> list[Arm]:
 
 def model_arms(cfg: Any) -> list[Arm]:
     """``(label, model overrides)`` per model arm; one unlabelled arm when none are given."""
-    return _arms(cfg.method.schedule.get("models"))
+    return _arms(cfg.method.schedule.models)
 
 
 def policy_arms(cfg: Any) -> list[Arm]:
     """``(label, method.policy overrides)`` per policy arm; one unlabelled arm when none are given."""
-    return _arms(cfg.method.get("policies"))
+    return _arms(cfg.method.policies)
 
 
 def derive(run: "Run", *, model: dict[str, Any] | None = None, policy: dict[str, Any] | None = None,
@@ -68,9 +68,9 @@ def derive(run: "Run", *, model: dict[str, Any] | None = None, policy: dict[str,
 def validate(cfg: Any, kinds_models: tuple[str, ...], kinds_policies: tuple[str, ...]) -> None:
     """Lists of mappings, known keys only, unique labels; only with schedule kinds that run arms."""
     kind = cfg.method.schedule.kind
-    for field, raw, base, kinds in (("method.schedule.models", cfg.method.schedule.get("models"), cfg.model,
+    for field, raw, base, kinds in (("method.schedule.models", cfg.method.schedule.models, cfg.model,
                                      kinds_models),
-                                    ("method.policies", cfg.method.get("policies"), cfg.method.policy,
+                                    ("method.policies", cfg.method.policies, cfg.method.policy,
                                      kinds_policies)):
         if raw is None:
             continue
@@ -85,7 +85,7 @@ def validate(cfg: Any, kinds_models: tuple[str, ...], kinds_policies: tuple[str,
             for key in item:
                 if key != "label" and key not in base:
                     raise ConfigError(f"{field}[{i}].{key}", f"unknown key; allowed: label, {', '.join(map(str, base))}")
-            if field.endswith("models") and base.get("arch") == "rnn" and "cell" in item:
+            if field.endswith("models") and base.arch == "rnn" and "cell" in item:
                 from sparse_run.models.rnn import CELLS
 
                 choice(item.cell, f"{field}[{i}].cell", CELLS)

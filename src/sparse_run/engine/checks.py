@@ -22,15 +22,15 @@ def validate_train(cfg: Any, lockstep: tuple[str, ...]) -> None:
     number(t.weight_decay, "train.weight_decay", lo=0)
     number(t.momentum, "train.momentum", lo=0, hi=1, hi_open=True)
     choice(t.lr_schedule, "train.lr_schedule", LR_SCHEDULES)
-    number(t.get("warmup_steps", 0), "train.warmup_steps", lo=0, integer=True)
-    number(t.get("gamma", 0.1), "train.gamma", lo=0)
-    for i, f in enumerate(t.get("milestones") or []):
+    number(t.warmup_steps, "train.warmup_steps", lo=0, integer=True)
+    number(t.gamma, "train.gamma", lo=0)
+    for i, f in enumerate(t.milestones):
         number(f, f"train.milestones[{i}]", lo=0, hi=1)
-    choice(t.get("linear_kernel", "auto"), "train.linear_kernel", KERNELS)
-    if t.get("linear_kernel") == "onednn" and (cfg.device == "cuda" or t.get("compile")):
+    choice(t.linear_kernel, "train.linear_kernel", KERNELS)
+    if t.linear_kernel == "onednn" and (cfg.device == "cuda" or t.compile):
         raise ConfigError("train.linear_kernel", "onednn runs on CPU without train.compile; use auto or aten")
     number(t.checkpoint_every, "train.checkpoint_every", lo=0, integer=True)
-    if t.get("grad_clip") is not None:
+    if t.grad_clip is not None:
         number(t.grad_clip, "train.grad_clip", lo=0)  # lanes clip each lane's own norm, as single runs do
     lanes.check_config(cfg, lockstep)  # train.replicates
 

@@ -12,7 +12,7 @@ own trained weights with its own masks, and every row, metrics line and artefact
 single run with that seed writes.
 
 A method adopts replicates by declaring ``lockstep=True`` once a test shows its K-lane results equal K
-single runs (``tests/test_replicates.py``).
+single runs (``tests/e2e/test_replicates.py``).
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ LANES_DIR = "seeds"
 
 
 def count(cfg: Any) -> int:
-    return int(cfg.train.get("replicates", 1) or 1)
+    return int(cfg.train.replicates)
 
 
 def seeds(cfg: Any) -> list[int]:
@@ -45,7 +45,7 @@ def seeds(cfg: Any) -> list[int]:
 def check_config(cfg: Any, lockstep: tuple[str, ...]) -> None:
     """Validate ``train.replicates`` and what it can be combined with (before any work); ``lockstep``: the
     schedule kinds that support it."""
-    k = cfg.train.get("replicates", 1)
+    k = cfg.train.replicates
     number(k, "train.replicates", lo=1, integer=True)
     if k == 1:
         return

@@ -19,7 +19,7 @@ NO_KEY = ("logger.mode", "online needs a W&B API key and none is configured (WAN
 def check(cfg: Any) -> None:
     """``logger=wandb logger.mode=online`` without credentials fails in ``wandb.init`` after the run
     directory exists; look for them first (environment, .netrc, wandb settings; no network)."""
-    if cfg.get("kind") != "wandb" or cfg.get("mode") != "online":
+    if cfg.kind != "wandb" or cfg.mode != "online":
         return
     import os
 
@@ -57,8 +57,8 @@ class WandbLogger(Logger):
         import wandb
 
         self._wandb = wandb
-        self.run = wandb.init(project=cfg.project, entity=cfg.get("entity"), mode=cfg.mode, dir=str(run_dir),
-                              name=name, config=config, reinit="finish_previous", group=cfg.get("group"))
+        self.run = wandb.init(project=cfg.project, entity=cfg.entity, mode=cfg.mode, dir=str(run_dir),
+                              name=name, config=config, reinit="finish_previous", group=cfg.group)
         self._rows: list[dict[str, Any]] = []
 
     def log_eval(self, record: dict[str, Any], context: dict[str, Any]) -> None:

@@ -115,9 +115,8 @@ def chance_accuracy(y: torch.Tensor) -> float:
 
 def check_chance(result: TrainResult, data: DataBundle, tcfg: Any, desc: str) -> TrainResult:
     """Flag an arm that ends at chance (diverged quietly, lr far too high, broken data): its status
-    becomes ``at_chance`` and the console says so. ``train.chance_check=false`` turns this off
-    (``budget=smoke`` does: its numbers mean nothing)."""
-    if not tcfg.get("chance_check", True) or not data.test_y.numel():
+    becomes ``at_chance`` and the console says so. ``train.chance_check=false`` turns this off."""
+    if not tcfg.chance_check or not data.test_y.numel():
         return result
     level = chance_accuracy(data.test_y)
     if result.final_test_acc <= level:
@@ -196,9 +195,9 @@ def run(lanes: Sequence[Lane], data: DataBundle, tcfg: Any, build: Callable[[], 
     # optimizer state. Every evaluation checks the invariant either way.
     remask = any(lane.hooks for lane in lanes)
     # a constant schedule without warmup: its step is skipped, so the common case pays nothing per step
-    constant_lr = tcfg.get("lr_schedule", "constant") == "constant" and not int(tcfg.get("warmup_steps", 0))
-    every = int(tcfg.get("checkpoint_every") or 0)
-    clip = float(tcfg.get("grad_clip") or 0.0)  # max global gradient norm per lane (0 / null: off)
+    constant_lr = tcfg.lr_schedule == "constant" and not int(tcfg.warmup_steps)
+    every = int(tcfg.checkpoint_every or 0)
+    clip = float(tcfg.grad_clip or 0.0)  # max global gradient norm per lane (0 / null: off)
     augment = getattr(data, "augment", None)
     seeds = [int(lane.seed) for lane in lanes]
     t0 = time.perf_counter()

@@ -34,6 +34,7 @@ from torch import nn
 
 from . import onednn
 from sparse_run.config.errors import ConfigError
+from sparse_run.config.schema import train_config
 from sparse_run.data.spec import DataBundle
 from .loop import Lane, run
 from .train import LeanStep, TrainResult, _progress, make_lr_schedule, make_optimizer, zero_pruned_state
@@ -47,7 +48,7 @@ ELEMENTWISE_OPTIMIZERS = ("adam", "adamw", "sgd")
 
 def check_config(tcfg: Any) -> None:
     """Reject settings the vectorised trainer cannot reproduce exactly (one-line errors)."""
-    opt = tcfg.get("optimizer")
+    opt = train_config(tcfg).optimizer
     if opt not in ELEMENTWISE_OPTIMIZERS:
         raise ConfigError("train.optimizer", f"got {opt!r} with train.replicates > 1; "
                                              f"allowed: {', '.join(ELEMENTWISE_OPTIMIZERS)}")
@@ -148,7 +149,7 @@ class _Stack:
         self.lanes, self.names, self.k = lanes, names, len(lanes)
         self.base = lanes[0].model
         self.fwd = batched_forward(self.base, fast)
-        self.train_fwd = torch.compile(self.fwd) if tcfg.get("compile") else self.fwd  # evaluation stays eager
+        self.train_fwd = torch.compile(self.fwd) if tcfg.compile else self.fwd  # evaluation stays eager
         self._handed = False
         self.params = {n: torch.stack([dict(l.model.named_parameters())[n].detach() for l in lanes]).requires_grad_()
                        for n in names}
@@ -275,9 +276,10 @@ def train_replicates(lanes: Sequence[Lane], data: DataBundle, tcfg: Any, *, step
                      desc: str = "train") -> list[TrainResult]:
     """Train every lane for ``steps`` iterations in one vectorised pass (``loop.run`` with a ``_Stack``);
     one ``TrainResult`` per lane, equal to what ``train()`` returns for that lane's seed."""
+    tcfg = train_config(tcfg)
     check_config(tcfg)
     names = _check_lanes(lanes)
-    fast = onednn.resolve(str(tcfg.get("linear_kernel", "auto")), data.train_x.device, bool(tcfg.get("compile")))
+    fast = onednn.resolve(str(tcfg.linear_kernel), data.train_x.device, bool(tcfg.compile))
     start = int(lanes[0].resume["step"]) if lanes[0].resume else 0
     return run(lanes, data, tcfg, lambda: _Stack(lanes, names, tcfg, steps, fast), steps=steps,
                eval_every=eval_every, desc=desc, bar=_progress(steps, f"{desc} x{len(lanes)}", start),

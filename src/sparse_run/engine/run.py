@@ -154,7 +154,7 @@ class Run:
                       seed=int(ctx["seed"]), desc=f"round {round_} {variant}", checkpoint=checkpoint,
                       resume=resume, on_eval=lambda rec: self.log.log_eval(rec, ctx), capture=cap, hooks=hooks)
 
-        if stage and self.cfg.get("cache", True):
+        if stage and self.cfg.cache:
             result = stages.cached(self, stage, model, masks, fit, capture)
         else:
             result = fit()

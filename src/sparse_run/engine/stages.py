@@ -41,7 +41,7 @@ def stage_key(run: "Run", stage: str, capture_step: int | None) -> str:
     determining = {"stage": stage, "version": __version__, "model": c["model"], "dataset": c["dataset"],
                    "train": {k: v for k, v in c["train"].items() if k not in ("checkpoint_every", "compile")},
                    "seed": c["seed"], "device": str(run.device),
-                   "subsets": [c["budget"].get("train_subset"), c["budget"].get("eval_subset")],
+                   "subsets": [c["budget"]["train_subset"], c["budget"]["eval_subset"]],
                    "capture_step": capture_step}
     return hashlib.sha256(json.dumps(determining, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

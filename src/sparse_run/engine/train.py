@@ -20,6 +20,7 @@ from torch import nn
 
 from . import onednn
 from sparse_run.config.errors import choice
+from sparse_run.config.schema import train_config
 from sparse_run.data.spec import DataBundle
 from sparse_run.sparsity.masks import MaskSet
 from .loop import CHANCE_SIGMAS, Diverged, Lane, StepHook, TrainResult, chance_accuracy, check_chance, run
@@ -34,7 +35,8 @@ LR_SCHEDULES = ("constant", "step", "cosine")
 
 def make_optimizer(params: list[nn.Parameter], tcfg: Any) -> torch.optim.Optimizer:
     name = choice(tcfg.optimizer, "train.optimizer", OPTIMIZERS)
-    lr, wd = float(tcfg.lr), float(tcfg.get("weight_decay", 0.0))
+    tcfg = train_config(tcfg)
+    lr, wd = float(tcfg.lr), float(tcfg.weight_decay)
     # Fused Adam: one pass per tensor. The default CPU path computes sqrt(exp_avg_sq) as its own
     # op, which on AMD EPYC runs ~8x slower on zeros, i.e. on every pruned weight (measured:
     # 2.0 ms vs 0.23 ms per step for a 300x784 layer at 20 % density).
@@ -43,8 +45,8 @@ def make_optimizer(params: list[nn.Parameter], tcfg: Any) -> torch.optim.Optimiz
         return torch.optim.Adam(params, lr=lr, weight_decay=wd, fused=fused)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=wd, fused=fused)
-    return torch.optim.SGD(params, lr=lr, momentum=float(tcfg.get("momentum", 0.0)), weight_decay=wd,
-                           nesterov=bool(tcfg.get("nesterov", False)))
+    return torch.optim.SGD(params, lr=lr, momentum=float(tcfg.momentum), weight_decay=wd,
+                           nesterov=bool(tcfg.nesterov))
 
 
 class LeanStep:
@@ -137,11 +139,12 @@ def make_lr_schedule(opt: torch.optim.Optimizer, tcfg: Any, steps: int) -> torch
     A constant schedule without warmup is a ``ConstantLR`` of factor 1 whose ``step`` the loop
     skips, so the common case pays nothing per step.
     """
-    kind = choice(tcfg.get("lr_schedule", "constant"), "train.lr_schedule", LR_SCHEDULES)
-    warmup = int(tcfg.get("warmup_steps", 0))
+    tcfg = train_config(tcfg)
+    kind = choice(tcfg.lr_schedule, "train.lr_schedule", LR_SCHEDULES)
+    warmup = int(tcfg.warmup_steps)
     # milestones are fractions of the run so budgets that shorten training keep the same shape
-    milestones = [int(f * steps) for f in (tcfg.get("milestones") or [])]
-    gamma = float(tcfg.get("gamma", 0.1))
+    milestones = [int(f * steps) for f in (tcfg.milestones or [])]
+    gamma = float(tcfg.gamma)
 
     def factor(step: int) -> float:
         if warmup and step < warmup:
@@ -196,7 +199,8 @@ def train(model: nn.Module, masks: MaskSet, data: DataBundle, tcfg: Any, *, step
     the ``nn.Linear`` layers through oneDNN (see ``onednn``).
     """
     lane = Lane(model, masks, seed, desc, hooks, on_eval, checkpoint, resume, capture)
-    fast = onednn.resolve(str(tcfg.get("linear_kernel", "auto")), data.train_x.device, bool(tcfg.get("compile")))
+    tcfg = train_config(tcfg)
+    fast = onednn.resolve(str(tcfg.linear_kernel), data.train_x.device, bool(tcfg.compile))
     start = int(resume["step"]) if resume is not None else 0
     with onednn.use_onednn(model, fast):
         return run([lane], data, tcfg, lambda: SingleModule(model, masks, tcfg, steps), steps=steps,
@@ -213,8 +217,8 @@ class SingleModule:
         self.opt = make_optimizer(list(model.parameters()), tcfg)
         self._step = LeanStep(self.opt)
         self.sched = make_lr_schedule(self.opt, tcfg, steps)
-        self.fwd = torch.compile(model) if tcfg.get("compile") else model
-        self._clip_params = [q for q in model.parameters() if q.requires_grad] if tcfg.get("grad_clip") else []
+        self.fwd = torch.compile(model) if tcfg.compile else model
+        self._clip_params = [q for q in model.parameters() if q.requires_grad] if tcfg.grad_clip else []
         model.train()
 
     def forward_loss(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

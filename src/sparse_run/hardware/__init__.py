@@ -73,7 +73,7 @@ def _constrain_pattern(cfg: Any) -> None:
     if need == "block":
         want = [int(v) for v in hw.block]
         if have == "block":
-            got = [int(v) for v in (method.selection.get("block") or want)]
+            got = [int(v) for v in (method.selection.block or want)]
             if got != want:
                 raise ConfigError("method.selection.block", f"got {got}; {target} executes {want[0]}x{want[1]} "
                                                             f"blocks; allowed: {want}")
@@ -101,7 +101,7 @@ def _constrain_pattern(cfg: Any) -> None:
             _announce(f"{target}: the output layer's rows are the classes: method.policy.prune_last true -> false")
     elif need == "nm":
         n, m = int(hw.n), int(hw.m)
-        if have == "nm" and int(method.selection.get("n", 0)) == n and int(method.selection.get("m", 0)) == m:
+        if have == "nm" and method.selection.n == n and method.selection.m == m:
             return
         raise ConfigError("method.selection.pattern", f"got {have!r}; {target} executes {n}:{m} semi-structured "
                                                       f"weights only; allowed: nm with n={n}, m={m}, or a method "
@@ -135,7 +135,7 @@ def measure(run: Any) -> Path | None:
     torch.set_num_threads(int(threads))
     try:
         context = {k: v for k, v in run.context(-1, "final").items() if k not in ("round", "variant")}
-        proto = protocol(hw, cfg.budget.name == "smoke", run.seed)
+        proto = protocol(hw, cfg.budget.short_timing, run.seed)
         rows, meta = measure_model(model, masks.masks, hw, run.data.test_x.cpu(), proto, context)
         env = environment(int(threads))
     finally:

@@ -65,10 +65,9 @@ def _sparse(w: torch.Tensor, pattern: str, backend: str, index_dtype: torch.dtyp
 
 
 def settings(cfg: Any) -> tuple[dict[str, Any], str]:
-    """The study's settings under the run's budget (``kernel_study.budgets.<name>`` overrides)."""
+    """The study's settings under the run's budget (``budget.kernel_study`` overrides them)."""
     ks = dict(cfg.kernel_study)
-    over = dict((ks.pop("budgets", None) or {}).get(cfg.budget.name) or {})
-    ks.update(over)
+    ks.update(dict(cfg.budget.kernel_study))
     shapes = [list(s) for s in ks["shapes"]]
     subset = ks.get("shape_subset")
     note = "all 13 pointwise convs"

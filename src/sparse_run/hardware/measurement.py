@@ -43,7 +43,7 @@ class Target:
 
 
 def protocol(hw: Any, smoke: bool, seed: int) -> Protocol:
-    src = {**dict(hw), **(dict(hw.smoke) if smoke and hw.get("smoke") else {})}
+    src = {**dict(hw), **(dict(hw.smoke) if smoke else {})}
     return Protocol(warmup=int(src["warmup"]), rounds=int(src["rounds"]), min_time_s=float(src["min_time_ms"]) / 1e3,
                     bootstrap=int(src["bootstrap"]), ci=float(src["ci"]), seed=seed)
 
@@ -65,7 +65,7 @@ def build_target(model: nn.Module, masks: dict[str, torch.Tensor], hw: Any, exam
             status[p] = ("ok" if p in plan.out_keep or p in plan.in_keep else
                          f"dense: {plan.kept_reason[p]}" if p in plan.kept_reason else "ok: no dead channels")
         return Target(small, status, True, torch.device("cpu"), torch.float32)
-    conv = convert(model, masks, ex, block=tuple(hw.get("block") or (4, 4)), index_dtype=INDEX[hw.index_dtype])
+    conv = convert(model, masks, ex, block=tuple(hw.block or (4, 4)), index_dtype=INDEX[hw.index_dtype])
     return Target(conv.model, conv.status, True, torch.device("cpu"), torch.float32)
 
 
@@ -110,7 +110,7 @@ def measure_model(model: nn.Module, masks: dict[str, torch.Tensor], hw: Any, sam
     paths = [module_of(n) for n in masks]
     cuda = tgt.device.type == "cuda"
     sync: Callable[[], None] = torch.cuda.synchronize if cuda else (lambda: None)
-    block = tuple(hw.get("block") or (4, 4))
+    block = tuple(hw.block or (4, 4))
     per_layer = {module_of(n): {"shape": "x".join(map(str, m.shape)), "density": float(m.float().mean()),
                                 "nonzeros": int(m.sum()), "numel": m.numel(), **_bytes(m, block)}
                  for n, m in masks.items()}
@@ -158,7 +158,7 @@ def _rows_at_batch(b: int, sample: torch.Tensor, tgt: Target, dense: nn.Module, 
     rows = []
     x = _batch(sample, b).to(device=tgt.device, dtype=tgt.dtype if tgt.available else torch.float32)
     layer_rows = []
-    if hw.get("layers", True):
+    if hw.layers:
         layer_rows = _layer_rows(dense, twin, ttwin, tgt, paths, per_layer, macs, tbytes, x, b, proto, sync, base)
     row = {**base, "scope": "model", "layer": "model", "shape": "", "batch": b,
            "density": sum(r["nonzeros"] for r in per_layer.values()) / sum(r["numel"] for r in per_layer.values()),

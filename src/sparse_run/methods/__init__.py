@@ -74,7 +74,7 @@ def _validate_method(cfg: DictConfig, method: Method) -> None:
     """The method library's shared fields (arms, criteria list, controls, criterion settings), then the kind's."""
     m, kind = cfg.method, cfg.method.schedule.kind
     arms.validate(cfg, kinds_models=_kinds("model_arms"), kinds_policies=_kinds("policy_arms"))
-    crits = m.get("criteria")
+    crits = m.criteria
     if crits is not None:
         if not method.several_criteria or not list(crits):
             raise ConfigError("method.criteria", f"got {crits!r}; a non-empty list, only with schedule.kind "
@@ -86,16 +86,15 @@ def _validate_method(cfg: DictConfig, method: Method) -> None:
             raise ConfigError("method.criteria", f"got {list(crits)}; each criterion at most once")
     for v in m.controls.variants:
         choice(v, f"method.controls.variants (schedule.kind={kind})", method.controls)
-    for pattern, scale in (m.policy.get("rate_scale") or {}).items():
+    for pattern, scale in m.policy.rate_scale.items():
         number(scale, f"method.policy.rate_scale.{pattern}", lo=0)
-    if m.get("synflow_rounds") is not None:
-        number(m.synflow_rounds, "method.synflow_rounds", lo=1, integer=True)
-    if m.get("grasp_temperature") is not None:
-        number(m.grasp_temperature, "method.grasp_temperature", lo=0, lo_open=True)
+    number(m.synflow_rounds, "method.synflow_rounds", lo=1, integer=True)
+    number(m.grasp_temperature, "method.grasp_temperature", lo=0, lo_open=True)
     if method.validate is not None:
         method.validate(cfg)
 
 
 def selects(cfg: Any) -> bool:
     """Whether the config's kind selects weights in a pattern a hardware target may constrain."""
-    return REGISTRY[cfg.method.schedule.kind].patterns is not None
+    method = REGISTRY.get(cfg.method.schedule.kind)  # an unknown kind is validate's one-line error
+    return method is not None and method.patterns is not None

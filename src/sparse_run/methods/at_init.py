@@ -15,7 +15,7 @@ from .levels import criteria_of, dense_baseline, finish, planned_nnz, prune_to, 
 def run_at_init(run: Run) -> None:
     """Pruning at initialisation: score θ0 with each criterion, keep each level, train θ0 ⊙ m."""
     sched, method = run.cfg.method.schedule, run.cfg.method
-    if sched.get("dense", True):
+    if sched.dense:
         dense_baseline(run)
     crits = criteria_of(run.cfg)
     for crit in crits:

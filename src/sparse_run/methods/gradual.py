@@ -19,7 +19,7 @@ def run_gradual(run: Run) -> None:
     masks are reset to the cubic schedule's sparsity by the criterion (alive weights only), then
     frozen; one arm per final sparsity, plus matched small-dense controls."""
     sched, method = run.cfg.method.schedule, run.cfg.method
-    if sched.get("dense", True):
+    if sched.dense:
         dense_baseline(run)
     crit = method.criterion
     t0, t_end = int(sched.start_step), int(sched.end_step)

@@ -31,7 +31,7 @@ def run_iterative(run: Run) -> None:
     dense round 0; their rows are named ``lth`` / ``ltr`` / ``finetune`` in the ``method`` column.
     """
     sched = run.cfg.method.schedule
-    rewinds = list(sched.get("rewinds") or [sched.rewind])
+    rewinds = list(sched.rewinds or [sched.rewind])
     for rewind in rewinds:
         _iterative_chain(run, rewind, REWIND_LABELS[rewind] if len(rewinds) > 1 else None,
                          capture_round0="step" in rewinds)
@@ -140,7 +140,7 @@ def validate(cfg: Any) -> None:
     number(s.rewind_step, "method.schedule.rewind_step", lo=0, hi=cfg.train.steps - 1, integer=True)
     choice(m.criterion, "method.criterion (schedule.kind=iterative)", CRITERIA_HERE)
     choice(m.selection.scope, "method.selection.scope (schedule.kind=iterative)", SCOPES_HERE)
-    rewinds = s.get("rewinds")
+    rewinds = s.rewinds
     if rewinds is not None:
         if not list(rewinds) or len(set(rewinds)) != len(rewinds):
             raise ConfigError("method.schedule.rewinds", f"got {rewinds!r}; a non-empty list without repeats")

@@ -24,7 +24,7 @@ from sparse_run.store.files import load_state
 
 def criteria_of(cfg: Any) -> list[str]:
     """``method.criteria`` (several criteria compared in one run) or the single ``method.criterion``."""
-    return list(cfg.method.get("criteria") or [cfg.method.criterion])
+    return list(cfg.method.criteria or [cfg.method.criterion])
 
 
 def prune_to(run: Run, model: torch.nn.Module, masks: MaskSet, criterion: str, density: float,
@@ -46,8 +46,8 @@ def prune_to(run: Run, model: torch.nn.Module, masks: MaskSet, criterion: str, d
     ctx = ScoreContext(model=model, masks=masks, generator=torch.Generator().manual_seed(derive_seed(run.seed, tag)),
                        batches=batches, num_classes=run.data.spec.num_classes,
                        input_shape=tuple(run.data.spec.input_shape), target_density=density, select=select,
-                       rounds=int(method.get("synflow_rounds", 100)),
-                       grasp_temperature=float(method.get("grasp_temperature", 200.0)))
+                       rounds=int(method.synflow_rounds),
+                       grasp_temperature=float(method.grasp_temperature))
     planned = layer_targets(masks.masks, density, scope, scales)
     masks.set(select(CRITERIA[criterion](ctx), masks.masks, density))
     return planned
@@ -83,7 +83,7 @@ def matched_width(run: Run, nnz: int) -> tuple[float, int]:
         with torch.device("meta"):  # shapes only: no memory, no draw from the global RNG
             return sum(q.numel() for q in models.ARCHS[cfg.arch](cfg, spec).parameters())
 
-    lo, hi = 1e-4, max(1.0, float(run.cfg.model.get("width", 1.0)))
+    lo, hi = 1e-4, max(1.0, float(run.cfg.model.width))
     for _ in range(40):  # smallest width with count >= nnz
         mid = (lo + hi) / 2
         lo, hi = (lo, mid) if count(mid) >= nnz else (mid, hi)
@@ -130,7 +130,7 @@ def validate_levels(cfg: Any, *, full: bool = False, final_sparsity: bool = Fals
     m, s = cfg.method, cfg.method.schedule
     choice(m.selection.pattern, f"method.selection.pattern (schedule.kind={s.kind})", LEVEL_PATTERNS)
     given = [k for k in ("densities", "sparsities") if s.get(k) is not None]
-    if final_sparsity and s.get("final_sparsity") is not None:
+    if final_sparsity and s.final_sparsity is not None:
         given.append("final_sparsity")
     if len(given) != 1:
         keys = "densities | sparsities" + (" | final_sparsity" if final_sparsity else "")

@@ -62,7 +62,7 @@ class LayerRow:
 def layer_patterns(model: nn.Module, method: Any, default: Pattern) -> dict[str, Pattern]:
     """N:M pattern of every prunable weight: ``default``, then ``selection.overrides`` (glob → "N:M")."""
     out = {name: default for name in prunable(model, method.policy)}
-    for glob, value in (method.selection.get("overrides") or {}).items():
+    for glob, value in (method.selection.overrides or {}).items():
         p = nm_sel.parse(value, f"method.selection.overrides.{glob}")
         for name in out:
             if fnmatch.fnmatch(name, glob):
@@ -154,7 +154,7 @@ def train_nm_arm(run: Run, arm: Arm, *, save_as: str | None = None) -> None:
 
 
 def _decay(cfg: Any, variant: str) -> float:
-    return float(cfg.method.schedule.get("decay", 0.0)) if variant in ("srste", "bdwp") else 0.0
+    return float(cfg.method.schedule.decay) if variant in ("srste", "bdwp") else 0.0
 
 
 def run_nm(run: Run) -> None:
@@ -175,14 +175,14 @@ def run_nm_compare(run: Run) -> None:
     """
     cfg = run.cfg
     sched = cfg.method.schedule
-    seeds = [run.seed + i for i in range(int(sched.get("repeats", 1)))]
-    dense_seeds = [run.seed + i for i in range(max(len(seeds), int(sched.get("dense_repeats", 1))))]
+    seeds = [run.seed + i for i in range(int(sched.repeats))]
+    dense_seeds = [run.seed + i for i in range(max(len(seeds), int(sched.dense_repeats)))]
     for s in dense_seeds:
         train_nm_arm(run, Arm("dense", s), save_as=f"checkpoints/dense_s{s}.pt")
     patterns = [nm_sel.parse(p, "method.schedule.patterns") for p in sched.patterns]
     arms = [Arm(v, s, p, _decay(cfg, v)) for s in seeds for p in patterns for v in sched.variants]
     arms += [Arm("bdwp", s, nm_sel.parse(p, "method.schedule.bdwp_patterns"), _decay(cfg, "bdwp"))
-             for s in seeds for p in (sched.get("bdwp_patterns") or [])]
+             for s in seeds for p in (sched.bdwp_patterns or [])]
     final = next((a.key for a in arms if a.variant == "srste" and a.seed == run.seed), arms[0].key if arms else None)
     for arm in arms:
         train_nm_arm(run, arm, save_as="checkpoints/final.pt" if arm.key == final else None)
@@ -194,25 +194,25 @@ def validate(cfg: Any) -> None:
     """Config checks of the N:M fields (``method.selection.*``, ``method.schedule.*``), before any work."""
     method = cfg.method
     sel, sched = method.selection, method.schedule
-    nm_sel.check(sel.get("n"), sel.get("m"), "method.selection.n", "method.selection.m")
-    for glob, value in (sel.get("overrides") or {}).items():
+    nm_sel.check(sel.n, sel.m, "method.selection.n", "method.selection.m")
+    for glob, value in (sel.overrides or {}).items():
         nm_sel.parse(value, f"method.selection.overrides.{glob}")
-    decay = sched.get("decay", 0.0)
+    decay = sched.decay
     if isinstance(decay, bool) or not isinstance(decay, (int, float)) or decay < 0:
         raise ConfigError("method.schedule.decay", f"got {decay!r}; must be a number >= 0")
     if sched.kind == "nm":
-        variant = sched.get("variant")
+        variant = sched.variant
         if variant not in nm_sel.VARIANTS:
             raise ConfigError("method.schedule.variant", f"got {variant!r}; allowed: {', '.join(nm_sel.VARIANTS)}")
         return
     for key in ("patterns", "bdwp_patterns"):
-        for i, value in enumerate(sched.get(key) or []):
+        for i, value in enumerate(sched[key] or []):
             nm_sel.parse(value, f"method.schedule.{key}[{i}]")
-    for v in sched.get("variants") or []:
+    for v in sched.variants or []:
         if v not in nm_sel.VARIANTS:
             raise ConfigError("method.schedule.variants", f"got {v!r}; allowed: {', '.join(nm_sel.VARIANTS)}")
     for key in ("repeats", "dense_repeats"):
-        r = sched.get(key, 1)
+        r = sched[key]
         if isinstance(r, bool) or not isinstance(r, int) or r < 1:
             raise ConfigError(f"method.schedule.{key}", f"got {r!r}; must be an integer >= 1")
 

@@ -23,9 +23,9 @@ def run_oneshot(run: Run) -> None:
     model each) and per policy arm (which weights are prunable); ``schedule.finetune_evals`` = E
     evaluates fine-tuning E times at equal intervals, each into a ``test_acc_ft_<k>`` column."""
     sched, method = run.cfg.method.schedule, run.cfg.method
-    if run.cfg.get("budget_note"):
+    if run.cfg.budget_note:
         print(f"sparse-run: {run.cfg.name} at budget {run.cfg.budget.name}: {run.cfg.budget_note}")
-    evals = sched.get("finetune_evals")
+    evals = sched.finetune_evals
     ft_train = {"eval_every": -(-int(sched.finetune_steps) // int(evals))} if evals else None  # ⌈steps / E⌉
 
     def per_eval(res: Any) -> dict[str, float]:
@@ -69,16 +69,16 @@ def validate(cfg: Any) -> None:
     s, m = cfg.method.schedule, cfg.method
     validate_levels(cfg, full=True)
     number(s.finetune_steps, "method.schedule.finetune_steps", lo=1, integer=True)
-    if s.get("finetune_evals") is not None:
+    if s.finetune_evals is not None:
         number(s.finetune_evals, "method.schedule.finetune_evals", lo=1, hi=int(s.finetune_steps), integer=True)
-    if s.get("models") is not None and "small_dense" in m.controls.variants:
+    if s.models is not None and "small_dense" in m.controls.variants:
         raise ConfigError("method.controls.variants", "small_dense with method.schedule.models is not "
                                                       "supported; allowed there: []")
 
 
 def figures(cfg: Any) -> str:
     """Policy arms (the sparse-RNN thesis' scopes) get the RNN pruning figure, other runs accuracy vs density."""
-    return "rnn" if cfg.method.get("policies") is not None else "levels"
+    return "rnn" if cfg.method.policies is not None else "levels"
 
 
 METHOD = Method(kind="oneshot", run=run_oneshot, validate=validate, controls=("small_dense",), model_arms=True,

@@ -45,7 +45,7 @@ class MLP(nn.Module):
 def _mlp(cfg: Any, spec: DataSpec) -> nn.Module:
     if spec.kind == "tokens":
         raise ConfigError("model.arch", f"mlp needs float inputs; dataset {spec.name} gives token ids (try model=rnn)")
-    width = float(cfg.get("width", 1.0))
+    width = float(cfg.width)
     hidden = [max(1, int(round(h * width))) for h in cfg.hidden]
     return MLP(math.prod(spec.input_shape), hidden, spec.num_classes)
 
@@ -80,7 +80,7 @@ def build(cfg: Any, spec: DataSpec, seed: int) -> nn.Module:
     """Build ``cfg.arch`` for ``spec`` with weights drawn under ``seed`` (global RNG untouched)."""
     choice(cfg.arch, "model.arch", ARCHS)
     choice(cfg.init, "model.init", INITS)
-    if float(cfg.get("width", 1.0)) <= 0:
+    if float(cfg.width) <= 0:
         raise ConfigError("model.width", f"got {cfg.width}; must be > 0")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

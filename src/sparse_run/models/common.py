@@ -9,7 +9,7 @@ from sparse_run.config.errors import ConfigError
 
 def scaled(n: int, cfg: Any) -> int:
     """``n`` units times ``model.width`` (at least one), for small-dense baselines."""
-    return max(1, int(round(n * float(cfg.get("width", 1.0)))))
+    return max(1, int(round(n * float(cfg.width))))
 
 
 def need_image(spec: DataSpec, arch: str, min_side: int = 1) -> tuple[int, int, int]:

@@ -61,10 +61,10 @@ def convfc(cfg: Any, spec: DataSpec) -> nn.Module:
     shape = need_image(spec, cfg.name)
     blocks = [[scaled(c, cfg) for c in block] for block in cfg.blocks]
     hidden = [scaled(h, cfg) for h in cfg.hidden]
-    padding = cfg.get("padding", "same")
+    padding = cfg.padding
     if padding != "same" and not (isinstance(padding, int) and padding >= 0):
         raise ConfigError("model.padding", f"got {padding!r}; allowed: same, or an integer >= 0")
-    return ConvFC(shape, blocks, hidden, spec.num_classes, int(cfg.get("kernel", 3)), padding)
+    return ConvFC(shape, blocks, hidden, spec.num_classes, int(cfg.kernel), padding)
 
 
 VGG_PLANS = {  # CIFAR VGG (as in open_lth): 3×3 conv-BN-ReLU, 'M' = 2×2 max-pool, no pool at the end

@@ -18,10 +18,10 @@ def mobilenet_v2(cfg: Any, spec: DataSpec) -> nn.Module:
     from torchvision.models import mobilenet_v2 as tv_mobilenet_v2
 
     c, _, _ = need_image(spec, cfg.name, min_side=8)
-    stride = int(cfg.get("stem_stride", 2))
+    stride = int(cfg.stem_stride)
     if stride not in (1, 2):
         raise ConfigError("model.stem_stride", f"got {stride}; allowed: 1, 2")
-    model = tv_mobilenet_v2(weights=None, num_classes=spec.num_classes, width_mult=float(cfg.get("width", 1.0)))
+    model = tv_mobilenet_v2(weights=None, num_classes=spec.num_classes, width_mult=float(cfg.width))
     stem: nn.Conv2d = model.features[0][0]
     if c != stem.in_channels or stride != stem.stride[0]:
         model.features[0][0] = nn.Conv2d(c, stem.out_channels, 3, stride=stride, padding=1, bias=False)

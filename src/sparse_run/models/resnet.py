@@ -59,5 +59,5 @@ def resnet(cfg: Any, spec: DataSpec) -> nn.Module:
     if depth < 8 or (depth - 2) % 6:
         raise ConfigError("model.depth", f"got {cfg.depth!r}; allowed: 6n+2 for n >= 1 (20, 32, 44, 56, 110)")
     c, _, _ = need_image(spec, cfg.name, min_side=4)
-    widths = [scaled(w, cfg) for w in cfg.get("widths", [16, 32, 64])]
+    widths = [scaled(w, cfg) for w in cfg.widths]
     return CifarResNet(c, (depth - 2) // 6, widths, spec.num_classes)

@@ -52,7 +52,7 @@ def rnn(cfg: Any, spec: DataSpec) -> nn.Module:
         raise ConfigError("model.layers", f"got {cfg.layers!r}; must be >= 1")
     hidden = scaled(int(cfg.hidden), cfg)
     if spec.kind == "tokens":
-        if not cfg.get("embedding"):
+        if not cfg.embedding:
             raise ConfigError("model.embedding", f"dataset {spec.name} gives token ids; set an embedding size, e.g. 50")
         return RNNClassifier(cfg.cell, 0, hidden, int(cfg.layers), spec.num_classes,
                              vocab_size=spec.vocab_size, embedding=int(cfg.embedding))

@@ -39,7 +39,6 @@ def pearson(x: list[float], y: list[float]) -> tuple[float, float]:
     if n < 3:
         return math.nan, math.nan
     mx, my = sum(a for a, _ in pairs) / n, sum(b for _, b in pairs) / n
-    sxy = sum((a - mx) * (b - my) for a, b in pairs)
     sxx, syy = sum((a - mx) ** 2 for a, _ in pairs), sum((b - my) ** 2 for _, b in pairs)
     if sxx <= 0 or syy <= 0:
         return math.nan, math.nan  # a constant property (or accuracy) correlates with nothing

@@ -36,7 +36,7 @@ def block_of(sel: Any, shape: tuple[int, ...]) -> tuple[int, int]:
     """Block ``(rows, cols)`` of ``sel.pattern`` for a weight of ``shape`` (channel: one whole row)."""
     if sel.pattern == "channel":
         return 1, math.prod(shape[1:])
-    block = sel.get("block") or DEFAULT_BLOCK
+    block = sel.block or DEFAULT_BLOCK  # null: the default block (method.selection.block)
     return int(block[0]), int(block[1])
 
 
@@ -44,7 +44,7 @@ def validate_method(method: Any) -> None:
     """Pattern fields of ``method`` (selection + the policy constraint ``channel`` adds)."""
     sel = method.selection
     choice(sel.pattern, "method.selection.pattern", PATTERNS)
-    if sel.pattern == "block" and sel.get("block") is not None:
+    if sel.pattern == "block" and sel.block is not None:
         b = list(sel.block)
         if len(b) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in b):
             raise ConfigError("method.selection.block", f"got {b!r}; allowed: [rows, cols] of positive integers")

@@ -53,7 +53,7 @@ def rate_scales(model: nn.Module, policy: Any, names: list[str]) -> dict[str, fl
     output = list(candidates(model, policy))[-1]
     if output in scales:
         scales[output] = float(policy.last_rate_scale)
-    for pattern, scale in (policy.get("rate_scale") or {}).items():
+    for pattern, scale in policy.rate_scale.items():
         for n in names:
             if fnmatch.fnmatch(n, pattern):
                 scales[n] = float(scale)

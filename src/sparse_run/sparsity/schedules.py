@@ -24,11 +24,11 @@ def levels(sched: Any) -> list[float]:
     Taken from ``densities``, else ``sparsities`` (1 − density), else ``final_sparsity`` (a number
     or a list; the gradual schedule's end points).
     """
-    if sched.get("densities") is not None:
+    if sched.densities is not None:
         return [float(d) for d in sched.densities]
-    raw = sched.get("sparsities")
+    raw = sched.sparsities
     if raw is None:
-        raw = sched.get("final_sparsity")
+        raw = sched.final_sparsity
     raw = [raw] if isinstance(raw, (int, float)) else list(raw)
     return [1.0 - float(s) for s in raw]
 

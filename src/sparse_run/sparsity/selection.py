@@ -36,7 +36,7 @@ def prune_fraction(scores: dict[str, torch.Tensor], masks: MaskSet, rate: float,
 
     ``selection`` (the method's ``selection`` config) dispatches on ``pattern``: block / channel
     patterns count whole blocks (``patterns.py``); ``unstructured`` (default) continues below."""
-    if selection is not None and selection.get("pattern", "unstructured") != "unstructured":
+    if selection is not None and selection.pattern != "unstructured":
         return prune_fraction_pattern(scores, masks, rate, scales, scope, selection)
     s = _masked(scores, masks.masks)
     alive = {n: int(m.sum()) for n, m in masks.masks.items()}

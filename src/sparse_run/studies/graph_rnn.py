@@ -202,12 +202,12 @@ def validate(cfg: Any) -> None:
     number(s.ws_k_div, "method.schedule.ws_k_div", lo=2, integer=True)  # k = n // div < n
     number(s.ws_p, "method.schedule.ws_p", lo=0, hi=1)
     number(s.ws_tries, "method.schedule.ws_tries", lo=1, integer=True)
-    choice(s.get("gate_masks"), "method.schedule.gate_masks", GATE_MASKS)
-    if cfg.model.get("arch") != "rnn" or float(cfg.model.get("width", 1.0)) != 1.0:
-        raise ConfigError("model", f"got arch={cfg.model.get('arch')}, width={cfg.model.get('width')}; "
+    choice(s.gate_masks, "method.schedule.gate_masks", GATE_MASKS)
+    if cfg.model.arch != "rnn" or float(cfg.model.width) != 1.0:
+        raise ConfigError("model", f"got arch={cfg.model.arch}, width={cfg.model.width}; "
                                    "graph_rnn needs arch rnn with width 1.0 (its cell; the graph sets the sizes)")
-    if cfg.dataset.get("layout") != "tokens":
-        raise ConfigError("dataset", f"got {cfg.dataset.get('name')} (layout {cfg.dataset.get('layout')}); graph_rnn "
+    if cfg.dataset.layout != "tokens":
+        raise ConfigError("dataset", f"got {cfg.dataset.name} (layout {cfg.dataset.layout}); graph_rnn "
                                      "needs token inputs (dataset=reber): its embedding is as wide as the source layer")
 
 
@@ -235,7 +235,7 @@ def build_model(run: Run, lay: Layered, seed: int) -> GraphRNNClassifier:
 def run_graph_rnn(run: Run) -> None:
     """One arm per model arm × family × graph, trained from θ0 under the graph's masks."""
     s = run.cfg.method.schedule
-    if run.cfg.get("budget_note"):
+    if run.cfg.budget_note:
         print(f"sparse-run: {run.cfg.name} at budget {run.cfg.budget.name}: {run.cfg.budget_note}")
     for mlabel, mover in arms.model_arms(run.cfg):
         grun = arms.derive(run, model=mover)

@@ -92,7 +92,7 @@ def run_study(run: Run) -> None:
 
 def validate(cfg: Any) -> None:
     """One-line errors for the study's settings (before any work)."""
-    if cfg.get("kernel_study") is None:
+    if cfg.kernel_study is None:
         raise ConfigError("kernel_study", "missing; schedule kind kernel_study needs the experiment's settings "
                                           "(experiment=hw_sparse_1x1)")
     ks, _ = settings(cfg)

@@ -8,6 +8,7 @@ import torch
 from omegaconf import OmegaConf
 
 from sparse_run.config import ConfigError
+from sparse_run.config.method_schema import ScheduleConfig
 from sparse_run.sparsity import cubic_sparsity, gradual_events, levels, select
 from sparse_run.sparsity.schedules import exponential_densities
 from sparse_run.sparsity.selection import erk_densities, layer_counts
@@ -130,6 +131,9 @@ def test_exponential_densities_reach_the_target():
 
 
 def test_levels_from_densities_sparsities_or_final_sparsity():
-    assert levels(OmegaConf.create({"densities": [0.1, 0.01]})) == [0.1, 0.01]
-    assert levels(OmegaConf.create({"densities": None, "sparsities": [0.9]})) == pytest.approx([0.1])
-    assert levels(OmegaConf.create({"final_sparsity": 0.98})) == pytest.approx([0.02])
+    def sched(**keys):  # a method.schedule node as the schema composes it (absent keys: null)
+        return OmegaConf.structured(ScheduleConfig(kind="at_init", **keys))
+
+    assert levels(sched(densities=[0.1, 0.01])) == [0.1, 0.01]
+    assert levels(sched(densities=None, sparsities=[0.9])) == pytest.approx([0.1])
+    assert levels(sched(final_sparsity=0.98)) == pytest.approx([0.02])

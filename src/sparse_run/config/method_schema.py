@@ -1,0 +1,99 @@
+"""The typed schema of the ``method/`` group: criterion × selection × schedule, controls and the layer policy.
+
+One ``ScheduleConfig`` for every ``schedule.kind``: the keys only some kinds read are ``Optional`` with
+``None`` and name those kinds in their meaning (each kind's ``validate`` in ``methods/`` requires what it reads).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+from .keys import key
+
+
+@dataclass
+class SelectionConfig:
+    """``method.selection``: how scores become a mask."""
+
+    scope: str = key("layerwise", "layerwise | global | erk | percentile: where the threshold is taken")
+    pattern: str = key("unstructured", "unstructured | block | channel | nm: the shape of what is removed")
+    block: Optional[list[int]] = key(None, "pattern block: block shape [rows, cols] (null: 4x4 or the target's)")
+    n: Optional[int] = key(None, "pattern nm: N weights kept in every group of M")
+    m: Optional[int] = key(None, "pattern nm: the group size M")
+    overrides: Optional[dict[str, str]] = key(None, "pattern nm: {glob: 'N:M'} per-layer patterns")
+
+
+@dataclass
+class ScheduleConfig:
+    """``method.schedule``: when and how much is pruned; ``kind`` picks the method module (methods.REGISTRY)."""
+
+    kind: str = key(MISSING, "none | iterative | oneshot | at_init | gradual | nm | nm_compare | kernel_study | graph_rnn")
+    rounds: Optional[int] = key(None, "iterative: pruning rounds after the dense round 0")
+    rate: Optional[float] = key(None, "iterative: fraction of surviving weights removed per round")
+    rewind: Optional[str] = key(None, "iterative: init | step | none: where survivors return after each round")
+    rewind_step: Optional[int] = key(None, "iterative, rewind=step: the iteration whose state survivors return to")
+    rewinds: Optional[list[str]] = key(None, "iterative: several rewinds, one chain each sharing round 0")
+    initial_sparsity: Optional[float] = key(None, "gradual: s_i, the sparsity at start_step")
+    final_sparsity: Any = key(None, "gradual: s_f, a number or a list (one arm each)")
+    start_step: Optional[int] = key(None, "gradual: t0, first pruning step")
+    end_step: Optional[int] = key(None, "gradual: last pruning step; masks frozen after it")
+    every_steps: Optional[int] = key(None, "gradual: Δt, steps between mask updates")
+    dense: Optional[bool] = key(None, "gradual, at_init: also train the dense baseline (round 0)")
+    densities: Optional[list[float]] = key(None, "at_init, oneshot: fractions kept, one arm per level")
+    sparsities: Optional[list[float]] = key(None, "at_init, oneshot: or the fractions removed")
+    finetune_steps: Optional[int] = key(None, "oneshot: fine-tuning steps after pruning each level")
+    finetune_evals: Optional[int] = key(None, "oneshot: evaluations during fine-tuning (test_acc_ft_i columns)")
+    models: Any = key(None, "oneshot, graph_rnn: model arms, a list of mappings of model overrides")
+    variant: Optional[str] = key(None, "nm: ste | srste | oneshot | bdwp")
+    decay: Optional[float] = key(None, "nm, nm_compare: λ_W of SR-STE (also bdwp; ste uses 0)")
+    patterns: Optional[list[str]] = key(None, "nm_compare: the 'N:M' patterns compared")
+    variants: Optional[list[str]] = key(None, "nm_compare: the variants run at every pattern")
+    bdwp_patterns: Optional[list[str]] = key(None, "nm_compare: the patterns bdwp runs at")
+    repeats: Optional[int] = key(None, "nm_compare: paired seeds for every arm (seed, +1, ...)")
+    dense_repeats: Optional[int] = key(None, "nm_compare: dense seeds for the noise band")
+    families: Optional[list[str]] = key(None, "graph_rnn: random-graph families, ba | ws")
+    graphs: Optional[int] = key(None, "graph_rnn: graphs per family and cell")
+    nodes: Optional[list[int]] = key(None, "graph_rnn: [min, max] nodes, drawn uniformly")
+    ba_m_div: Optional[int] = key(None, "graph_rnn: Barabási–Albert m = max(1, n // ba_m_div)")
+    ws_k_div: Optional[int] = key(None, "graph_rnn: Watts–Strogatz k = max(2, n // ws_k_div)")
+    ws_p: Optional[float] = key(None, "graph_rnn: Watts–Strogatz rewiring probability")
+    ws_tries: Optional[int] = key(None, "graph_rnn: tries of connected_watts_strogatz_graph")
+    gate_masks: Optional[str] = key(None, "graph_rnn: repeat | tile: mask rows of gated cells")
+
+
+@dataclass
+class ControlsConfig:
+    """``method.controls``: control arms beside the pruned ones."""
+
+    variants: list[str] = key([], "reinit | random | small_dense (the kinds that allow them: methods.REGISTRY)")
+    rounds: Optional[list[int]] = key(None, "rounds at which controls run (null: every round)")
+
+
+@dataclass
+class PolicyConfig:
+    """``method.policy``: which weights may be pruned, and at which rate."""
+
+    layers: list[str] = key(["linear", "conv"], "layer types pruned: linear | conv | rnn | embedding")
+    prune_first: bool = key(True, "prune the first layer")
+    prune_last: bool = key(True, "prune the output layer")
+    last_rate_scale: float = key(1.0, "the output layer's rate multiplier (LTH: 0.5)")
+    exclude: list[str] = key([], "glob patterns of weights never pruned")
+    rate_scale: dict[str, float] = key({}, "{glob: multiplier} per-layer rate overrides")
+
+
+@dataclass
+class MethodConfig:
+    """``method/``: one pruning method (or study), named in the results' method column."""
+
+    name: str = key(MISSING, "method name (the summary's method column)")
+    criterion: str = key("magnitude", "score: magnitude | random | snip | grasp | synflow (sparsity.CRITERIA)")
+    criteria: Optional[list[str]] = key(None, "several criteria compared in one run (rows named by criterion)")
+    selection: SelectionConfig = key(SelectionConfig(), "how scores become a mask")
+    schedule: ScheduleConfig = key(ScheduleConfig(), "when and how much is pruned")
+    controls: ControlsConfig = key(ControlsConfig(), "control arms")
+    policy: PolicyConfig = key(PolicyConfig(), "which weights may be pruned")
+    policies: Optional[list[Any]] = key(None, "oneshot: policy arms, each {label, ...overrides of policy}")
+    synflow_rounds: int = key(100, "criterion synflow: iterations of its exponential density schedule")
+    grasp_temperature: float = key(200.0, "criterion grasp: softmax temperature of the loss")
