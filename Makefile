@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BUDGET ?= quick
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+TEST_WORKERS ?= 2  # pytest-xdist processes for make test (each imports torch: ~0.6 GB)
 
 .PHONY: install data run lint test test-slow bench figures clean
 
@@ -26,10 +27,10 @@ lint: install  ## ruff and the import-layer contract ([tool.ruff], [tool.importl
 	$(BIN)/ruff check src tests scripts
 	$(BIN)/lint-imports
 
-test: data  ## ruff, the layer contract and the fast test suite
+test: data  ## ruff, the layer contract and the fast test suite (TEST_WORKERS=0: in this process, no workers)
 	$(BIN)/ruff check src tests scripts
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 test-slow: data  ## also the slow end-to-end tests
 	$(BIN)/python -m pytest -m "slow or not slow"
