@@ -113,11 +113,7 @@ def accuracy_vs_density(df: pd.DataFrame, out: Path, title: str) -> Path:
         _pct_axis(ax, df.x.tolist())
         ax.set_ylabel(label)
     axes[0].legend(fontsize=7, loc="lower left")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0.04 if not_drawn else 0, 1, 1))
-    notes = _note_not_drawn(fig, out, not_drawn)
-    lines = fig.axes[0].get_legend_handles_labels()[1]
-    return save_figure(fig, out, {"title": title, **_provenance(df), "lines": lines, "not_drawn": notes})
+    return _finish(fig, out, title, df, not_drawn)
 
 
 def _series_label(row: pd.Series) -> str:
@@ -158,11 +154,7 @@ def method_comparison(df: pd.DataFrame, out: Path, title: str) -> Path:
         ax.set_ylabel(label)
         ax.tick_params(labelleft=True)
     axes[0].legend(fontsize=8, loc="lower left")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0.04 if not_drawn else 0, 1, 1))
-    notes = _note_not_drawn(fig, out, not_drawn)
-    lines = fig.axes[0].get_legend_handles_labels()[1]
-    return save_figure(fig, out, {"title": title, **_provenance(df), "lines": lines, "not_drawn": notes})
+    return _finish(fig, out, title, df, not_drawn)
 
 
 def run_figures(run_dir: Path, figures: str | None = None) -> list[Path]:
@@ -222,6 +214,15 @@ def accuracy_vs_nnz(df: pd.DataFrame, out: Path, title: str) -> Path:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     ax.set_title(title, fontsize=8)
+    fig.tight_layout(rect=(0, 0.04 if not_drawn else 0, 1, 1))
+    notes = _note_not_drawn(fig, out, not_drawn)
+    lines = fig.axes[0].get_legend_handles_labels()[1]
+    return save_figure(fig, out, {"title": title, **_provenance(df), "lines": lines, "not_drawn": notes})
+
+
+def _finish(fig: Any, out: Path, title: str, df: pd.DataFrame, not_drawn: list[str]) -> Path:
+    """Title, layout (room for the note on undrawable points), the note, and the sidecar naming the lines."""
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.04 if not_drawn else 0, 1, 1))
     notes = _note_not_drawn(fig, out, not_drawn)
     lines = fig.axes[0].get_legend_handles_labels()[1]
