@@ -38,8 +38,9 @@ test-slow: data  ## also the slow end-to-end tests
 bench: data  ## training-loop speed against a hand-written loop
 	$(BIN)/python scripts/bench_train.py --json results/bench_train.json
 
-figures: data  ## the paper figure set into results/figures/ (BUDGET=quick by default; BUDGET=paper for the full protocol)
-	$(BIN)/python scripts/make_figures.py --budget $(BUDGET)
+figures: data  ## the gallery and claims scoreboard into results/README.md (BUDGET=quick|paper|smoke; ONLY="entry ...")
+	$(BIN)/python scripts/make_figures.py --budget $(BUDGET) $(if $(ONLY),--only $(ONLY)) \
+		$(if $(filter smoke,$(BUDGET)),,--readme README.md)
 
 clean:
 	rm -rf build dist src/*.egg-info .pytest_cache

@@ -184,6 +184,31 @@ class HardwareConfig:
 
 
 @dataclass
+class ClaimConfig:
+    """``claims[i]``: one claim of the experiment's paper, scored on our runs (``report/claims.py``).
+
+    The quantity is computed per seed (``diff`` / ``ratio`` pair arms A and B of the same run and seed), then
+    averaged with a 95 % Student-t interval; ``corr`` pools the A rows of every run (Fisher-z interval)."""
+
+    name: str = key(MISSING, "short id, unique within the experiment")
+    statement: str = key(MISSING, "the paper's claim in words, with its number")
+    source: str = key(MISSING, "where the paper says it: table / figure / section, 'abstract', or 'unverified'")
+    paper_value: Optional[float] = key(None, "the paper's number in the quantity's units (null: none stated)")
+    measure: str = key(MISSING, "what we compute, in words (arms, metric, level, units)")
+    quantity: str = key("diff", "value | diff | ratio | corr: A; A - B; A / B per seed; Pearson r of x and metric")
+    metric: str = key("test_acc_at_early_stop", "the column of the table the quantity is computed on")
+    table: str = key("summary.csv", "the run file the rows come from (summary.csv, kernel.csv, hardware.csv ...)")
+    a: dict[str, Any] = key({}, "arm A's rows: column -> value (a string may be a glob; {near: x}: the closest level)")
+    b: dict[str, Any] = key({}, "arm B's rows (diff, ratio), from the same run and seed as A")
+    x: Optional[str] = key(None, "corr: the column correlated with the metric")
+    scale: float = key(1.0, "multiplies the quantity (100: accuracy fractions in percentage points)")
+    expect: str = key(MISSING, "the condition for 'reproduced': '> 0', '<= 1', 'in [-0.3, 0.3]'")
+    overrides: list[str] = key([], "the command-line overrides (besides budget and seed) of the runs it is scored on")
+    min_n: int = key(3, "fewer seeds (corr: points) than this -> inconclusive")
+    note: Optional[str] = key(None, "the likely reason when it does not reproduce at our scale")
+
+
+@dataclass
 class RootConfig:
     """The top-level keys (``config.yaml``) and the groups; experiments set keys of their own kinds below."""
 
@@ -197,6 +222,7 @@ class RootConfig:
     budget_sizes: Any = key(None, "experiment=rnn_*: the experiment's sizes per budget, picked by budget.name")
     budget_note: Optional[str] = key(None, "experiment=rnn_*: the line printed about those sizes")
     kernel_study: Any = key(None, "experiment=hw_sparse_1x1: the kernel study's settings (studies/kernel_study.py)")
+    claims: list[ClaimConfig] = key([], "the paper's claims this experiment checks (scoreboard; not part of the hash)")
     model: ModelConfig = key(ModelConfig(), "model/")
     dataset: DatasetConfig = key(DatasetConfig(), "dataset/")
     method: MethodConfig = key(MethodConfig(), "method/")

@@ -40,7 +40,8 @@ def derive_seed(seed: int, *tags: Any) -> int:
 def config_hash(cfg: dict[str, Any]) -> str:
     """Hash of the settings that determine results (paths, logger and display settings excluded)."""
     keep = {k: v for k, v in cfg.items()
-            if k not in ("paths", "logger", "progress", "hydra", "cache", "threads", "restart")}
+            if k not in ("paths", "logger", "progress", "hydra", "cache", "threads", "restart",
+                                       "claims")}
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -24,7 +24,7 @@ def _grouped(df: pd.DataFrame) -> pd.DataFrame:
 
 # config.yaml keys (dotted prefixes) that never change a result: where files go, how a run is logged,
 # shown or scheduled, which kernel or device computes it, how the hardware timing is sampled.
-NON_DETERMINING = ("seed", "paths", "logger", "progress", "threads", "hydra", "cache", "device", "hardware",
+NON_DETERMINING = ("seed", "claims", "paths", "logger", "progress", "threads", "hydra", "cache", "device", "hardware",
                    "dataset.root", "dataset.download", "train.checkpoint_every", "train.compile",
                    "train.linear_kernel", "train.replicates")
 # the keys that determine the dense (round 0) training: those of the cached dense stage (stages.stage_key)

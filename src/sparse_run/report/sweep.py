@@ -120,15 +120,43 @@ class ReportCallback(Callback):
 
 
 def main() -> None:
-    """``sparse-run-report DIR [--no-figures]``: aggregate every run under DIR (a run, a sweep, a results root)."""
+    """``sparse-run-report DIR [--no-figures]``: aggregate every run under DIR (a run, a sweep, a results root);
+    ``sparse-run-report --claims DIR``: score every experiment's paper claims on the runs under DIR."""
     import argparse
 
     ap = argparse.ArgumentParser(prog="sparse-run-report", description=main.__doc__)
     ap.add_argument("dir", type=Path, nargs="?", default=Path("results"))
     ap.add_argument("--no-figures", action="store_true")
+    ap.add_argument("--claims", action="store_true",
+                    help="score the claims (conf/experiment/*.yaml) on the runs under DIR; writes claims.md, "
+                         "claims.csv, claims.json to --out (default DIR/claims)")
+    ap.add_argument("--out", type=Path, default=None, help="--claims: where the scoreboard files go")
+    ap.add_argument("--budget", action="append", default=[],
+                    help="--claims: also list this budget for every claim, run or not (repeatable)")
     args = ap.parse_args()
     if not args.dir.is_dir():
         sys.exit(f"error: dir: {args.dir} is not a directory; allowed: a run, sweep or results directory")
+    if args.claims:
+        _claims_main(args.dir, args.out or args.dir / "claims", args.budget)
+        return
     df = report(args.dir, figures=not args.no_figures)
     if df.empty:
         sys.exit(f"error: dir: no runs under {args.dir}")
+
+
+def _claims_main(root: Path, out: Path, budgets: list[str]) -> None:
+    from sparse_run.config import ConfigError
+
+    from . import claims
+
+    try:
+        scores = claims.evaluate(root, budgets=budgets)
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
+    paths = claims.write(scores, out)
+    width = max((len(f"{s.claim.experiment}/{s.claim.name}") for s in scores), default=10)
+    for s in scores:
+        print(f"{s.claim.experiment + '/' + s.claim.name:<{width}}  {s.budget:<6} n={s.n:<3} "
+              f"{claims.ours(s):<28} {s.claim.expect:<14} {s.verdict}")
+    print(claims.summary_line(scores))
+    print(f"scoreboard → {paths[0]} (+ {paths[1].name}, {paths[2].name})")
