@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from sparse_run.report import claims, gallery, report
+from sparse_run.report import claims, gallery, report, scoreboard
 from sparse_run.store.files import atomic_write_text
 
 MARK_BEGIN, MARK_END = "<!-- scoreboard:begin -->", "<!-- scoreboard:end -->"
@@ -70,7 +70,7 @@ def _update_readme(readme: Path, scores: list[claims.Score], results: Path) -> N
     rel = os.path.relpath(results, readme.parent)
     lth = sorted((results / "figures").glob("lth_lenet_mnist_quick_accuracy_vs_density.png"))
     block = [MARK_BEGIN, f"**Reproduction scoreboard** ([{rel}/README.md]({rel}/README.md)): "
-             f"{claims.summary_line(scores)}.", ""]
+             f"{scoreboard.summary_line(scores)}.", ""]
     if lth:
         block += [f"![LTH on LeNet-300-100: ticket vs reinit vs dense]({rel}/figures/{lth[0].name})", ""]
     block.append(MARK_END)
@@ -105,7 +105,7 @@ def main() -> None:
     page = gallery.build(results, items, scores, args.budget)
     if args.readme:
         _update_readme(args.readme, scores, results)
-    print(f"{claims.summary_line(scores)}\ngallery → {page} ({(time.time() - t0) / 60:.1f} min)")
+    print(f"{scoreboard.summary_line(scores)}\ngallery → {page} ({(time.time() - t0) / 60:.1f} min)")
     if failures:
         sys.exit(f"error: figures: sweeps with failed jobs: {', '.join(failures)} (see their report/table.txt)")
 

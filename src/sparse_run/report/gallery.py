@@ -16,10 +16,9 @@ import pandas as pd
 
 from sparse_run.store.files import atomic_write_text
 
-from . import claims as claims_mod
+from . import scoreboard
 from .claims import Score
-
-BUDGET_ORDER = ("quick", "paper", "smoke")
+from .scoreboard import BUDGET_ORDER
 
 
 @dataclass
@@ -139,33 +138,7 @@ def _we_see(scores: list[Score], experiment: str, budget: str) -> str:
     mine = [s for s in scores if s.claim.experiment == experiment and s.budget == budget]
     if not mine:
         return "no claims of this experiment are scored (a figure to read, not a verdict)"
-    return "; ".join(f"{s.claim.name} **{s.verdict}** ({claims_mod.ours(s)}, n = {s.n})" for s in mine)
-
-
-def _budgets(scores: list[Score]) -> list[str]:
-    found = {s.budget for s in scores if s.n > 0}
-    return [b for b in BUDGET_ORDER if b in found] + sorted(found - set(BUDGET_ORDER))
-
-
-def side_by_side(scores: list[Score], links: dict[str, str] | None = None) -> str:
-    """One row per claim, one column pair per budget: ours (interval) and the verdict."""
-    budgets = _budgets(scores) or ["quick"]
-    head = "| claim | paper | " + " | ".join(f"{b}: ours | {b}: verdict" for b in budgets) + " |\n"
-    head += "|---|---|" + "---|---|" * len(budgets) + "\n"
-    rows = []
-    seen: dict[tuple[str, str], dict[str, Score]] = {}
-    for s in scores:
-        seen.setdefault((s.claim.experiment, s.claim.name), {})[s.budget] = s
-    for (exp, name), by in seen.items():
-        c = next(iter(by.values())).claim
-        paper = claims_mod._num(c.paper_value) if c.paper_value is not None else "—"
-        cells = []
-        for b in budgets:
-            s = by.get(b)
-            cells += [claims_mod.ours(s) if s else "—", s.verdict if s else "not run"]
-        shown = f"[`{exp}`]({links[exp]})" if links and exp in links else f"`{exp}`"
-        rows.append(f"| {shown} {name} | {paper} | " + " | ".join(cells) + " |")
-    return head + "\n".join(rows) + "\n"
+    return "; ".join(f"{s.claim.name} **{s.verdict}** ({scoreboard.ours(s)}, n = {s.n})" for s in mine)
 
 
 def build(results: Path, items: list[Entry], scores: list[Score], budget: str) -> Path:
@@ -207,8 +180,8 @@ def build(results: Path, items: list[Entry], scores: list[Score], budget: str) -
     for stale in figures.iterdir():  # the folder is the gallery's own: what this build did not write goes
         if stale.is_file() and stale not in written:
             stale.unlink()
-    claims_mod.write(scores, results, links)
-    smoke = budget == "smoke" or _budgets(scores) == ["smoke"]
+    scoreboard.write(scores, results, links)
+    smoke = budget == "smoke" or scoreboard.budgets(scores) == ["smoke"]
     text = "\n".join([
         "# Reproduction scoreboard and paper figures",
         "",
@@ -220,11 +193,11 @@ def build(results: Path, items: list[Entry], scores: list[Score], budget: str) -
         "Definitions: [docs/results.md](../docs/results.md#claims-and-the-scoreboard).",
         "",
         *(["> **budget=smoke: plumbing check only — these numbers and verdicts mean nothing.**", ""] if smoke else []),
-        f"**{claims_mod.summary_line(scores)}**",
+        f"**{scoreboard.summary_line(scores)}**",
         "",
         "## Scoreboard",
         "",
-        side_by_side(scores, links),
+        scoreboard.side_by_side(scores, links),
         "Every row in full (paper statement and source, what we compute, level reached, interval, reasons): "
         "[claims.md](claims.md) · machine-readable: [claims.csv](claims.csv), [claims.json](claims.json).",
         "",

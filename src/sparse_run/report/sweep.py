@@ -147,16 +147,16 @@ def main() -> None:
 def _claims_main(root: Path, out: Path, budgets: list[str]) -> None:
     from sparse_run.config import ConfigError
 
-    from . import claims
+    from . import claims, scoreboard
 
     try:
         scores = claims.evaluate(root, budgets=budgets)
     except ConfigError as e:
         sys.exit(f"error: {e}")
-    paths = claims.write(scores, out)
+    paths = scoreboard.write(scores, out)
     width = max((len(f"{s.claim.experiment}/{s.claim.name}") for s in scores), default=10)
     for s in scores:
         print(f"{s.claim.experiment + '/' + s.claim.name:<{width}}  {s.budget:<6} n={s.n:<3} "
-              f"{claims.ours(s):<28} {s.claim.expect:<14} {s.verdict}")
-    print(claims.summary_line(scores))
+              f"{scoreboard.ours(s):<28} {s.claim.expect:<14} {s.verdict}")
+    print(scoreboard.summary_line(scores))
     print(f"scoreboard → {paths[0]} (+ {paths[1].name}, {paths[2].name})")

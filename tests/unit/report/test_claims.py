@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from sparse_run.config import ConfigError
-from sparse_run.report import claims, gallery
+from sparse_run.report import claims, gallery, scoreboard
 from sparse_run.report.sweep import main as report_main
 
 CLAIM = {"name": "ticket_beats_dense", "statement": "tickets beat dense", "source": "Fig. 3", "paper_value": 0.3,
@@ -89,7 +89,7 @@ def test_one_seed_has_no_interval_and_is_inconclusive(tmp_path):
     _run(tmp_path, "budget=quick,seed=0", _lottery_rows(0, 0.95, 0.96))
     s = _score(tmp_path, _claim())
     assert s.n == 1 and s.lo is None and s.hi is None
-    assert claims.ours(s) == "1"  # no bracket
+    assert scoreboard.ours(s) == "1"  # no bracket
     assert s.verdict == "inconclusive" and "n = 1 < 3" in s.detail
 
 
