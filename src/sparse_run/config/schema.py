@@ -197,6 +197,7 @@ class ClaimConfig:
     measure: str = key(MISSING, "what we compute, in words (arms, metric, level, units)")
     quantity: str = key("diff", "value | diff | ratio | corr: A; A - B; A / B per seed; Pearson r of x and metric")
     metric: str = key("test_acc_at_early_stop", "the column of the table the quantity is computed on")
+    metric_b: Optional[str] = key(None, "arm B's column when it differs (null: metric)")
     table: str = key("summary.csv", "the run file the rows come from (summary.csv, kernel.csv, hardware.csv ...)")
     a: dict[str, Any] = key({}, "arm A's rows: column -> value (a string may be a glob; {near: x}: the closest level)")
     b: dict[str, Any] = key({}, "arm B's rows (diff, ratio), from the same run and seed as A")

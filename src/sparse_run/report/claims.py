@@ -55,6 +55,7 @@ class Claim:
     expect: str
     quantity: str = "diff"
     metric: str = "test_acc_at_early_stop"
+    metric_b: str | None = None
     table: str = "summary.csv"
     a: dict[str, Any] = field(default_factory=dict)
     b: dict[str, Any] = field(default_factory=dict)
@@ -279,7 +280,11 @@ def _paired(claim: Claim, runs: list[Path]) -> Score:
                 arm, sel, k = ("A", claim.a, len(a)) if len(a) != 1 else ("B", claim.b, len(b))
                 problems.append(f"arm {arm} ({_show(sel)}) matches {k} rows")
                 continue
-            va, vb = float(a[claim.metric].iloc[0]), float(b[claim.metric].iloc[0])
+            col_b = claim.metric_b or claim.metric if claim.quantity in ("diff", "ratio") else claim.metric
+            if col_b not in b:
+                problems.append(f"no column {col_b} in {claim.table}")
+                continue
+            va, vb = float(a[claim.metric].iloc[0]), float(b[col_b].iloc[0])
             if math.isnan(va) or math.isnan(vb):
                 problems.append(f"{claim.metric} is empty")
                 continue

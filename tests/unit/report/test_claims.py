@@ -201,3 +201,13 @@ def test_gallery_page_lists_every_claim_and_marks_smoke(tmp_path):
     assert "3 runs" in page and "Paper: LTH figure" in page
     assert (tmp_path / "figures" / "lth_smoke.csv").exists() is False  # no sweep report was made
     assert (tmp_path / "claims.csv").exists()
+
+
+def test_arm_b_may_read_another_column(tmp_path):
+    """Accuracy right after pruning (A) against the dense model's accuracy (B, which has no 'before' value)."""
+    rows = [{"seed": s, "status": "ok", "variant": v, "test_acc": t, "test_acc_before_finetune": b}
+            for s in range(3) for v, t, b in (("dense", 1.0, None), ("sparse", 0.9, 0.5 + 0.01 * s))]
+    _run(tmp_path, "budget=quick,train.replicates=3", rows)
+    c = _claim(metric="test_acc_before_finetune", metric_b="test_acc", a={"variant": "sparse"})
+    assert _score(tmp_path, c).per_seed == pytest.approx([-50.0, -49.0, -48.0])
+    assert _score(tmp_path, _claim(metric="test_acc_before_finetune", a={"variant": "sparse"})).verdict == "not run"
