@@ -134,6 +134,22 @@ def _provenance(root: Path, budget: str) -> dict[str, Any]:
             "cores": state.get("cores")}
 
 
+def _paper_not_run(root: Path, sweep: Path) -> str:
+    """The line saying the paper's protocol was not run, with a lower bound on its cost on this machine when the
+    entry trains (the paper budget trains 1 / steps_scale times quick's steps per arm, with at least as many arms)."""
+    import yaml
+    from importlib import resources
+
+    scale = yaml.safe_load(resources.files("sparse_run.conf").joinpath("budget/quick.yaml").read_text())["steps_scale"]
+    runs = _runs_csv(sweep, "quick", root)
+    trains = runs is not None and "steps" in runs and pd.to_numeric(runs.steps, errors="coerce").fillna(0).gt(0).any()
+    if not trains:
+        return "*budget=paper not run here.*\n"
+    low = _provenance(root, "quick")["wall_s"] / scale / 60
+    return f"*budget=paper (the paper's protocol) not run here: it trains {1 / scale:.0f}× quick's steps per arm, " \
+           f"at least {low:.0f} min of this machine for these seeds.*\n"
+
+
 def _we_see(scores: list[Score], experiment: str, budget: str) -> str:
     mine = [s for s in scores if s.claim.experiment == experiment and s.budget == budget]
     if not mine:
@@ -157,6 +173,8 @@ def build(results: Path, items: list[Entry], scores: list[Score], budget: str) -
         budgets = [b for b in BUDGET_ORDER if any(sweep.glob(f"budget={b}*/run.json"))]
         if not budgets:
             parts.append("*Not run yet.*\n")
+        if "quick" in budgets and "paper" not in budgets:
+            parts.append(_paper_not_run(root, sweep))
         for b in budgets:
             prov = _provenance(root, b)
             wall = f"run time {prov['wall_s'] / 60:.1f} min (summed over the runs)"

@@ -95,6 +95,6 @@ def side_by_side(scores: list[Score], links: dict[str, str] | None = None) -> st
         for b in shown:
             s = by.get(b)
             cells += [ours(s) if s else "—", s.verdict if s else "not run"]
-        shown = f"[`{exp}`]({links[exp]})" if links and exp in links else f"`{exp}`"
-        rows.append(f"| {shown} {name} | {paper} | " + " | ".join(cells) + " |")
+        label = f"[`{exp}`]({links[exp]})" if links and exp in links else f"`{exp}`"
+        rows.append(f"| {label} {name} | {paper} | " + " | ".join(cells) + " |")
     return head + "\n".join(rows) + "\n"

@@ -211,3 +211,16 @@ def test_arm_b_may_read_another_column(tmp_path):
     c = _claim(metric="test_acc_before_finetune", metric_b="test_acc", a={"variant": "sparse"})
     assert _score(tmp_path, c).per_seed == pytest.approx([-50.0, -49.0, -48.0])
     assert _score(tmp_path, _claim(metric="test_acc_before_finetune", a={"variant": "sparse"})).verdict == "not run"
+
+
+def test_side_by_side_has_one_row_per_claim_and_a_column_pair_per_budget(tmp_path):
+    for seed in range(3):
+        _run(tmp_path, f"budget=quick,seed={seed}", _lottery_rows(seed, 0.95, 0.96 + 0.001 * seed))
+        _run(tmp_path, f"budget=paper,seed={seed}", _lottery_rows(seed, 0.95, 0.94), budget="paper")
+    other = _claim(name="second")
+    table = scoreboard.side_by_side(claims.evaluate(tmp_path, [_claim(), other]), {"lottery_mnist": "#lth"})
+    lines = table.strip().splitlines()
+    assert lines[0] == "| claim | paper | quick: ours | quick: verdict | paper: ours | paper: verdict |"
+    assert len(lines) == 4 and all(line.count("|") == 7 for line in lines)
+    assert "[`lottery_mnist`](#lth) ticket_beats_dense" in lines[2]
+    assert "| reproduced |" in lines[2] and lines[2].endswith("| not reproduced |")
