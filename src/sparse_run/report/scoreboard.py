@@ -30,7 +30,8 @@ def ours(s: Score) -> str:
 def summary_line(scores: list[Score]) -> str:
     """'k of n claims reproduced at quick (…)' per budget: the scoreboard's one-line summary."""
     parts = []
-    for budget in dict.fromkeys(s.budget for s in scores):
+    found = list(dict.fromkeys(s.budget for s in scores))
+    for budget in [b for b in BUDGET_ORDER if b in found] + [b for b in found if b not in BUDGET_ORDER]:
         mine = [s for s in scores if s.budget == budget]
         counts = {v: sum(s.verdict == v for s in mine) for v in VERDICTS}
         rest = ", ".join(f"{counts[v]} {v}" for v in VERDICTS[1:] if counts[v])
