@@ -39,16 +39,18 @@ def _command(entry: gallery.Entry, budget: str, root: Path, threads: int | None)
             *entry.overrides, *([f"threads={threads}"] if threads else [])]
 
 
+def _skipped(entry: gallery.Entry, budget: str, root: Path, threads: int | None) -> bool:
+    """The state file says this sweep finished with the same command."""
+    state = gallery.read_state(root, budget)
+    return state.get("status") == "complete" and state.get("command") == " ".join(_command(entry, budget, root,
+                                                                                            threads)[1:])
+
+
 def _run(entry: gallery.Entry, budget: str, root: Path, threads: int | None, k: int, total: int, t0: float) -> bool:
-    """Run one sweep unless the state file says it finished with the same command; True when it succeeded."""
+    """Run one sweep and record it in its state file; True when every job succeeded."""
     cmd = _command(entry, budget, root, threads)
     shown = " ".join(cmd[1:])
-    state = gallery.read_state(root, budget)
     elapsed = f"{(time.time() - t0) / 60:.1f} min elapsed"
-    if state.get("status") == "complete" and state.get("command") == shown:
-        print(f"[{k}/{total}] {entry.name} ({budget}): finished earlier in {state.get('wall_s', 0) / 60:.1f} min; "
-              f"skipped ({elapsed})", flush=True)
-        return True
     print(f"[{k}/{total}] {entry.name} ({budget}): {shown} ({elapsed})", flush=True)
     start = time.time()
     ok = subprocess.run(cmd).returncode == 0
@@ -97,10 +99,15 @@ def main() -> None:
     t0, failures = time.time(), []
     for k, entry in enumerate(chosen, 1):
         root = results / "paper" / entry.name  # its own root: sweeps never mix in one report
-        if not args.page_only and not _run(entry, args.budget, root, args.threads, k, len(chosen), t0):
+        ran = not args.page_only and not _skipped(entry, args.budget, root, args.threads)
+        if ran and not _run(entry, args.budget, root, args.threads, k, len(chosen), t0):
             failures.append(entry.name)
-        if (root / entry.experiment).is_dir():
-            report(root / entry.experiment, quiet=True)
+        elif not ran and not args.page_only:
+            print(f"[{k}/{len(chosen)}] {entry.name} ({args.budget}): finished earlier; skipped "
+                  f"({(time.time() - t0) / 60:.1f} min elapsed)", flush=True)
+        sweep = root / entry.experiment
+        if sweep.is_dir() and (ran or not (sweep / "report" / "all_runs.csv").exists()):
+            report(sweep, quiet=True)  # a skipped sweep keeps the report its run wrote
     shown = [args.budget] if args.budget == "smoke" else ["quick", "paper"]  # a budget not run is listed as such
     scores = claims.evaluate(results / "paper", budgets=shown)
     page = gallery.build(results, items, scores, args.budget)

@@ -15,7 +15,6 @@ same seed (a single run and a replicated one), the first run directory in sorted
 from __future__ import annotations
 
 import fnmatch
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ import yaml
 
 from sparse_run.config import ConfigError
 
-from .collect import FINISHED
+from .collect import FINISHED, job_config, job_meta, job_overrides
 
 QUANTITIES = ("value", "diff", "ratio", "corr")
 VERDICTS = ("reproduced", "not reproduced", "inconclusive", "not run")
@@ -133,12 +132,7 @@ def load_claims(experiments: Iterable[str] | None = None, conf: Path | None = No
 
 def _overrides(run_dir: Path) -> tuple[str, ...]:
     """The run's command-line overrides that change its protocol (budget, seed, placement left out)."""
-    f = Path(run_dir) / ".hydra" / "overrides.yaml"
-    try:
-        items = yaml.safe_load(f.read_text()) or [] if f.exists() else []
-    except (yaml.YAMLError, OSError, UnicodeDecodeError):
-        items = []
-    return tuple(sorted(str(o).lstrip("+~") for o in items if not str(o).lstrip("+~").startswith(_IGNORED)))
+    return tuple(sorted(o.lstrip("+~") for o in job_overrides(Path(run_dir), _IGNORED)))
 
 
 def _matches(df: pd.DataFrame, sel: dict[str, Any]) -> pd.DataFrame:
@@ -177,7 +171,7 @@ def _read(run_dir: Path, table: str) -> pd.DataFrame | None:
         return None
 
 
-def _select(claim: Claim, df: pd.DataFrame, sel: dict[str, Any]) -> pd.DataFrame:
+def _select(df: pd.DataFrame, sel: dict[str, Any]) -> pd.DataFrame:
     rows = _matches(df, sel)
     return rows[rows.status.isin(FINISHED)] if "status" in rows else rows
 
@@ -274,8 +268,8 @@ def _paired(claim: Claim, runs: list[Path]) -> Score:
             key = -1 if seed is None else int(seed)
             if key in got:
                 continue
-            a = _select(claim, part, claim.a)
-            b = _select(claim, part, claim.b) if claim.quantity in ("diff", "ratio") else a
+            a = _select(part, claim.a)
+            b = _select(part, claim.b) if claim.quantity in ("diff", "ratio") else a
             if len(a) != 1 or len(b) != 1:
                 arm, sel, k = ("A", claim.a, len(a)) if len(a) != 1 else ("B", claim.b, len(b))
                 problems.append(f"arm {arm} ({_show(sel)}) matches {k} rows")
@@ -331,7 +325,7 @@ def _corr(claim: Claim, runs: list[Path]) -> Score:
     for d in runs:
         df = _read(d, claim.table)
         if df is not None and {claim.x, claim.metric, "seed"} <= set(df.columns):
-            rows = _select(claim, df, claim.a)
+            rows = _select(df, claim.a)
             if len(rows):
                 parts.append(rows)
                 score.runs.append(str(d))
@@ -371,12 +365,8 @@ def _runs(root: Path) -> pd.DataFrame:
     overrides, directory. Studies whose summary is empty (the kernel study) count too."""
     rows = []
     for f in sorted(Path(root).rglob("run.json")):
-        try:
-            meta = json.loads(f.read_text())
-            cfg = yaml.safe_load((f.parent / "config.yaml").read_text()) or {}
-        except (ValueError, OSError, UnicodeDecodeError, yaml.YAMLError):
-            continue
-        if not isinstance(meta, dict) or meta.get("status") != "complete" or not isinstance(cfg, dict):
+        cfg = job_config(f.parent)
+        if job_meta(f.parent).get("status") != "complete" or not cfg:
             continue
         rows.append({"experiment": cfg.get("name"), "budget": (cfg.get("budget") or {}).get("name"),
                      "overrides": _overrides(f.parent), "run_dir": str(f.parent)})

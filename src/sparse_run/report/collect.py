@@ -78,7 +78,7 @@ def group_labels(flats: dict[str, dict[str, str]], max_keys: int = 3) -> dict[st
 # Aggregation over runs, sweeps and results roots
 # ---------------------------------------------------------------------------------------------
 
-def _job_config(d: Path) -> dict[str, Any]:
+def job_config(d: Path) -> dict[str, Any]:
     import yaml
 
     for cand in (d / "config.yaml", d / ".hydra" / "config.yaml"):
@@ -93,7 +93,7 @@ def _job_config(d: Path) -> dict[str, Any]:
     return {}
 
 
-def _job_meta(d: Path) -> dict[str, Any]:
+def job_meta(d: Path) -> dict[str, Any]:
     """``run.json``, or a failed-status stand-in naming the problem (a report never stops on one bad run)."""
     f = d / "run.json"
     if not f.exists():
@@ -105,15 +105,22 @@ def _job_meta(d: Path) -> dict[str, Any]:
     return meta if isinstance(meta, dict) else {"status": "failed", "error": f"unreadable {f.name} (not an object)"}
 
 
-def _sweep_label(d: Path) -> str:
-    """The job's command-line overrides minus seed and output settings: what distinguishes it in a sweep."""
+def job_overrides(d: Path, skip: tuple[str, ...]) -> list[str]:
+    """The job's command-line overrides (``.hydra/overrides.yaml``), minus those starting with ``skip``."""
     import yaml
 
     f = d / ".hydra" / "overrides.yaml"
-    if not f.exists():
-        return ""
+    try:
+        items = (yaml.safe_load(f.read_text()) or []) if f.exists() else []
+    except (yaml.YAMLError, OSError, UnicodeDecodeError):
+        return []
+    return [o for o in map(str, items) if not o.lstrip("+~").startswith(skip)]
+
+
+def _sweep_label(d: Path) -> str:
+    """The job's command-line overrides minus seed and output settings: what distinguishes it in a sweep."""
     skip = ("seed=", "paths.", "experiment=", "logger", "hydra/", "threads=", "device=", "progress=", "budget=")
-    return ",".join(o for o in (yaml.safe_load(f.read_text()) or []) if not o.startswith(skip))
+    return ",".join(job_overrides(d, skip))
 
 
 def collect(root: Path) -> pd.DataFrame:
@@ -129,14 +136,14 @@ def collect(root: Path) -> pd.DataFrame:
     flats: dict[str, dict[str, str]] = {}
     job_dirs = sorted({p.parent for p in root.rglob("run.json")} | {p.parent.parent for p in root.rglob(".hydra/config.yaml")})
     for d in job_dirs:
-        meta = _job_meta(d)
+        meta = job_meta(d)
         summary = d / "summary.csv"
         sweep = _sweep_label(d)
         chash = meta.get("config_hash") if meta.get("status") == "complete" else None
         if chash and chash in seen:  # the same config run twice (e.g. with and without seed=0)
             continue
         seen.add(chash)
-        cfg = _job_config(d)
+        cfg = job_config(d)
         if summary.exists() and meta.get("status") == "complete":
             flat = determining(cfg) if cfg else {"(overrides)": json.dumps(sweep)}  # no config: an older run
             dense = {k: v for k, v in flat.items() if _under(k, DENSE_DETERMINING)} if cfg else flat

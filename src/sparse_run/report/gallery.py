@@ -134,20 +134,19 @@ def _provenance(root: Path, budget: str) -> dict[str, Any]:
             "cores": state.get("cores")}
 
 
-def _paper_not_run(root: Path, sweep: Path) -> str:
+def _paper_not_run(quick_runs: pd.DataFrame | None, quick_wall_s: float) -> str:
     """The line saying the paper's protocol was not run, with a lower bound on its cost on this machine when the
     entry trains (the paper budget trains 1 / steps_scale times quick's steps per arm, with at least as many arms)."""
     import yaml
     from importlib import resources
 
     scale = yaml.safe_load(resources.files("sparse_run.conf").joinpath("budget/quick.yaml").read_text())["steps_scale"]
-    runs = _runs_csv(sweep, "quick", root)
-    trains = runs is not None and "steps" in runs and pd.to_numeric(runs.steps, errors="coerce").fillna(0).gt(0).any()
-    if not trains:
+    steps = pd.to_numeric(quick_runs.steps, errors="coerce") if quick_runs is not None and "steps" in quick_runs \
+        else pd.Series(dtype=float)
+    if not steps.fillna(0).gt(0).any():
         return "*budget=paper not run here.*\n"
-    low = _provenance(root, "quick")["wall_s"] / scale / 60
     return f"*budget=paper (the paper's protocol) not run here: it trains {1 / scale:.0f}× quick's steps per arm, " \
-           f"at least {low:.0f} min of this machine for these seeds.*\n"
+           f"at least {quick_wall_s / scale / 60:.0f} min of this machine for these seeds.*\n"
 
 
 def _we_see(scores: list[Score], experiment: str, budget: str) -> str:
@@ -173,10 +172,12 @@ def build(results: Path, items: list[Entry], scores: list[Score], budget: str) -
         budgets = [b for b in BUDGET_ORDER if any(sweep.glob(f"budget={b}*/run.json"))]
         if not budgets:
             parts.append("*Not run yet.*\n")
+        provs = {b: _provenance(root, b) for b in budgets}
+        tables = {b: _runs_csv(sweep, b, results) for b in budgets}
         if "quick" in budgets and "paper" not in budgets:
-            parts.append(_paper_not_run(root, sweep))
+            parts.append(_paper_not_run(tables["quick"], provs["quick"]["wall_s"]))
         for b in budgets:
-            prov = _provenance(root, b)
+            prov = provs[b]
             wall = f"run time {prov['wall_s'] / 60:.1f} min (summed over the runs)"
             parts.append(f"**{b}** — Paper: {e.paper}.  \nWe see: {_we_see(scores, e.experiment, b)}.\n")
             parts.append(f"<sub>{prov['runs']} runs · {prov['cpu']}, {prov['threads']} threads"
@@ -188,7 +189,7 @@ def build(results: Path, items: list[Entry], scores: list[Score], budget: str) -
                 shutil.copy2(src, target)
                 written.add(target)
                 parts.append(f"![{e.name} {b}](figures/{target.name})\n")
-            table = _runs_csv(sweep, b, results)
+            table = tables[b]
             if table is not None and len(table):
                 csv = figures / f"{e.name}_{b}.csv"
                 atomic_write_text(csv, table.to_csv(index=False))
