@@ -99,6 +99,9 @@ def make_claim(experiment: str, raw: dict[str, Any], where: str) -> Claim:
         raise ConfigError(f"{where}.b", f"empty; quantity {node['quantity']} compares arm A with arm B")
     if node["quantity"] == "corr" and not node["x"]:
         raise ConfigError(f"{where}.x", "empty; quantity corr correlates column x with the metric")
+    if Path(node["table"]).name != node["table"] or node["table"].startswith("."):
+        raise ConfigError(f"{where}.table", f"got {node['table']!r}; a file name in the run directory "
+                                            "(summary.csv, kernel.csv, hardware.csv ...)")
     parse_expect(node["expect"], f"{where}.expect")
     node["overrides"] = tuple(sorted(node["overrides"]))
     return Claim(experiment=experiment, **node)

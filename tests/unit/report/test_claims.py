@@ -162,6 +162,7 @@ def test_verdict_from_interval(expect, lo, hi, verdict):
 @pytest.mark.parametrize("change,field", [
     ({"expect": "bigger"}, "claims[0].expect"), ({"quantity": "mean"}, "claims[0].quantity"),
     ({"b": {}}, "claims[0].b"), ({"a": {}}, "claims[0].a"), ({"scale": "x"}, "claims[0].scale"),
+    ({"table": "../../elsewhere.csv"}, "claims[0].table"),
 ])
 def test_bad_claims_are_one_line_errors_naming_the_field(change, field):
     with pytest.raises(ConfigError) as e:
