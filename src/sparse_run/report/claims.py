@@ -377,15 +377,15 @@ def _runs(root: Path) -> pd.DataFrame:
 
 
 def evaluate(root: Path, claims: list[Claim] | None = None, budgets: Iterable[str] = ()) -> list[Score]:
-    """Every claim at every budget it was run at under ``root`` (and at each of ``budgets``, run or not);
-    a claim with no runs at all is one *not run* row."""
+    """Every claim at each of ``budgets`` and at every budget any run under ``root`` used, run or not (so each
+    budget's summary counts every claim); with no runs and no budgets, one *not run* row per claim."""
     claims = load_claims() if claims is None else claims
     runs = _runs(Path(root))
+    shown = list(dict.fromkeys([*budgets, *sorted(runs.budget.dropna().astype(str).unique())])) or ["—"]
     out: list[Score] = []
     for claim in claims:
         mine = runs[(runs.experiment == claim.experiment) & runs.overrides.map(lambda o, c=claim: o == c.overrides)]
-        found = sorted(mine.budget.dropna().astype(str).unique())
-        for budget in list(dict.fromkeys([*budgets, *found])) or ["—"]:
+        for budget in shown:
             dirs = [Path(d) for d in mine[mine.budget.astype(str) == budget].run_dir]
             score = score_claim(claim, dirs, budget)
             if not dirs:
