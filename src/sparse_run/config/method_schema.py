@@ -29,7 +29,8 @@ class SelectionConfig:
 class ScheduleConfig:
     """``method.schedule``: when and how much is pruned; ``kind`` picks the method module (methods.REGISTRY)."""
 
-    kind: str = key(MISSING, "none | iterative | oneshot | at_init | gradual | nm | nm_compare | kernel_study | graph_rnn")
+    kind: str = key(MISSING, "none | iterative | oneshot | at_init | gradual | dynamic | nm | nm_compare | kernel_study | "
+                             "graph_rnn")
     rounds: Optional[int] = key(None, "iterative: pruning rounds after the dense round 0")
     rate: Optional[float] = key(None, "iterative: fraction of surviving weights removed per round")
     rewind: Optional[str] = key(None, "iterative: init | step | none: where survivors return after each round")
@@ -37,19 +38,24 @@ class ScheduleConfig:
     rewinds: Optional[list[str]] = key(None, "iterative: several rewinds, one chain each sharing round 0")
     initial_sparsity: Optional[float] = key(None, "gradual: s_i, the sparsity at start_step")
     final_sparsity: Any = key(None, "gradual: s_f, a number or a list (one arm each)")
-    start_step: Optional[int] = key(None, "gradual: t0, first pruning step")
-    end_step: Optional[int] = key(None, "gradual: last pruning step; masks frozen after it")
-    every_steps: Optional[int] = key(None, "gradual: Δt, steps between mask updates")
-    dense: Optional[bool] = key(None, "gradual, at_init: also train the dense baseline (round 0)")
-    densities: Optional[list[float]] = key(None, "at_init, oneshot: fractions kept, one arm per level")
-    sparsities: Optional[list[float]] = key(None, "at_init, oneshot: or the fractions removed")
+    start_step: Optional[int] = key(None, "gradual: t0, first pruning step (dynamic: of its gmp arm)")
+    end_step: Optional[int] = key(None, "gradual: last pruning step, masks frozen after it; dynamic: T_end, no "
+                                        "updates from it on (null: 75 % of train.steps)")
+    every_steps: Optional[int] = key(None, "gradual: Δt, steps between mask updates; dynamic: ΔT")
+    zeta0: Optional[float] = key(None, "dynamic: ζ0 in (0, 1], the drop fraction at step 0, cosine-decayed to 0 at T_end")
+    long_variants: Optional[list[str]] = key(None, "dynamic: arms also trained for long_factor × train.steps (rigl_2x)")
+    long_factor: Optional[float] = key(None, "dynamic: the training-length multiplier of long_variants (>= 1)")
+    dense: Optional[bool] = key(None, "gradual, at_init, dynamic: also train the dense baseline (round 0)")
+    densities: Optional[list[float]] = key(None, "at_init, oneshot, dynamic: fractions kept, one arm per level")
+    sparsities: Optional[list[float]] = key(None, "at_init, oneshot, dynamic: or the fractions removed")
     finetune_steps: Optional[int] = key(None, "oneshot: fine-tuning steps after pruning each level")
     finetune_evals: Optional[int] = key(None, "oneshot: evaluations during fine-tuning (test_acc_ft_i columns)")
     models: Any = key(None, "oneshot, graph_rnn: model arms, a list of mappings of model overrides")
     variant: Optional[str] = key(None, "nm: ste | srste | oneshot | bdwp")
     decay: Optional[float] = key(None, "nm, nm_compare: λ_W of SR-STE (also bdwp; ste uses 0)")
     patterns: Optional[list[str]] = key(None, "nm_compare: the 'N:M' patterns compared")
-    variants: Optional[list[str]] = key(None, "nm_compare: the variants run at every pattern")
+    variants: Optional[list[str]] = key(None, "nm_compare: the variants run at every pattern; dynamic: the arms run "
+                                              "at every level, static | set | rigl | snfs | gmp")
     bdwp_patterns: Optional[list[str]] = key(None, "nm_compare: the patterns bdwp runs at")
     repeats: Optional[int] = key(None, "nm_compare: paired seeds for every arm (seed, +1, ...)")
     dense_repeats: Optional[int] = key(None, "nm_compare: dense seeds for the noise band")

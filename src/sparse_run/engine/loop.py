@@ -49,7 +49,12 @@ class StepHook(Protocol):
 
     Optional, found by ``hasattr``: ``eval_metrics(step) -> dict`` adds to each evaluation record
     (N:M: ``sad``, ``sad_cum``); ``state_dict()`` / ``load_state_dict(state)`` carry the hook's own
-    state through checkpoints, so a resumed run continues bit for bit.
+    state through checkpoints, so a resumed run continues bit for bit; ``attach(optimizer)`` is called
+    once the optimizer exists (and holds any resumed state), for hooks that zero the state of weights
+    they grow; ``before_step(step, model, masks) -> bool`` runs after the backward pass, while the
+    gradients are still dense (``step`` counts steps done), and returning True skips this step's
+    optimizer update (RigL's mask update replaces the step it happens on). Single runs only: a kind
+    whose hooks need these is not a lock-step kind.
     """
 
     def __call__(self, step: int, model: nn.Module, masks: MaskSet) -> None: ...
@@ -178,6 +183,8 @@ def run(lanes: Sequence[Lane], data: DataBundle, tcfg: Any, build: Callable[[], 
             orders = res["orders"] if res["orders"] is not None else empty
             for g, gstate in zip(gens, res["generators"]):
                 g.set_state(gstate)
+        if k_lanes > 1 and any(hasattr(h, "before_step") for lane in lanes for h in lane.hooks or ()):
+            raise ValueError("hooks with before_step run in single runs only")
         for lane in lanes:
             lane.masks.apply_()
         st = build()
@@ -189,6 +196,11 @@ def run(lanes: Sequence[Lane], data: DataBundle, tcfg: Any, build: Callable[[], 
         for lane in lanes:
             zero_state(st.sched.optimizer, lane.masks)
         st.sched.load_state_dict(res["scheduler"])
+    pre = [h for lane in lanes for h in lane.hooks or () if hasattr(h, "before_step")]
+    for lane in lanes:
+        for hook in lane.hooks or ():
+            if hasattr(hook, "attach"):
+                hook.attach(st.sched.optimizer)
     # Masked gradients keep pruned weights exactly zero under every optimizer here (their moments
     # and momenta stay zero, weight decay of zero is zero), so the weights need re-masking after a
     # step only when a hook may change the masks mid-run: a newly pruned weight still carries
@@ -232,10 +244,14 @@ def run(lanes: Sequence[Lane], data: DataBundle, tcfg: Any, build: Callable[[], 
             loss, lane_losses = st.forward_loss(xb, data.train_y.index_select(0, idx.flatten()).view(k_lanes, batch))
             st.zero_grad()
             loss.backward()
+            skip = False
+            for hook in pre:  # dense gradients: RigL's grow score, sparse momentum's running average
+                skip = bool(hook.before_step(step, lanes[0].model, lanes[0].masks)) or skip
             st.mask_grads()
             if clip:  # after masking: pruned weights' (zero) gradients do not count towards the norm
                 st.clip(clip)
-            st.step()
+            if not skip:
+                st.step()
             if remask:
                 st.apply_masks()
             if not constant_lr:

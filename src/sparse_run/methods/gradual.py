@@ -2,7 +2,7 @@
 training, one arm per final sparsity, plus matched small-dense controls."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -14,6 +14,26 @@ from sparse_run.sparsity.selection import PATTERNS as LEVEL_PATTERNS
 from .base import Method
 from .levels import dense_baseline, finish, planned_nnz, prune_to, small_dense_arm, validate_levels
 
+def cubic_hook(run: Run, model: torch.nn.Module, masks: MaskSet, r: int, s_f: float, *, s_i: float, t0: int,
+               t_end: int, every: int, variant: str) -> Callable[[int, torch.nn.Module, MaskSet], None]:
+    """The step hook of one gradually pruned arm: at each event of the cubic schedule the masks are reset to
+    its sparsity by ``method.criterion`` among the surviving weights (recorded in ``layers.csv``). An event
+    at step 0 is applied here, before training."""
+    method = run.cfg.method
+    events = set(gradual_events(t0, t_end, every))
+
+    def hook(step: int, model: torch.nn.Module, masks: MaskSet) -> None:
+        if step not in events:
+            return
+        d = 1.0 - cubic_sparsity(step, s_i, s_f, t0, t_end)
+        planned = prune_to(run, model, masks, method.criterion, d, ("gradual", r, step))
+        record_event(run, r, masks, planned, d, method=method.name, variant=variant, step=step)
+
+    if 0 in events:
+        hook(0, model, masks)
+    return hook
+
+
 def run_gradual(run: Run) -> None:
     """Zhu & Gupta gradual pruning: from ``start_step`` every ``every_steps`` until ``end_step`` the
     masks are reset to the cubic schedule's sparsity by the criterion (alive weights only), then
@@ -21,24 +41,14 @@ def run_gradual(run: Run) -> None:
     sched, method = run.cfg.method.schedule, run.cfg.method
     if sched.dense:
         dense_baseline(run)
-    crit = method.criterion
     t0, t_end = int(sched.start_step), int(sched.end_step)
-    events = set(gradual_events(t0, t_end, int(sched.every_steps)))
     for i, density in enumerate(levels(sched)):
         r, key = i + 1, f"r{i + 1}/sparse"
-        s_i, s_f = float(sched.initial_sparsity), 1.0 - density
         model = run.new_model(run.seed)
         masks = run.new_masks(model)
         if key not in run.done:
-            def hook(step: int, model: torch.nn.Module, masks: MaskSet, r: int = r, s_f: float = s_f) -> None:
-                if step not in events:
-                    return
-                d = 1.0 - cubic_sparsity(step, s_i, s_f, t0, t_end)
-                planned = prune_to(run, model, masks, crit, d, ("gradual", r, step))
-                record_event(run, r, masks, planned, d, method=method.name, variant="sparse", step=step)
-
-            if 0 in events:
-                hook(0, model, masks)
+            hook = cubic_hook(run, model, masks, r, 1.0 - density, s_i=float(sched.initial_sparsity), t0=t0,
+                              t_end=t_end, every=int(sched.every_steps), variant="sparse")
             run.train_arm(key, model, masks, r, "sparse", target_density=density, hooks=[hook], early_stop_from=t_end)
             run.writer.save(f"masks/round_{r:02d}.pt", masks.state_dict())
             finish(run, model, masks)

@@ -7,7 +7,7 @@ recomputes masks of unfinished arms and skips finished ones.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from omegaconf import OmegaConf
@@ -54,9 +54,9 @@ def prune_to(run: Run, model: torch.nn.Module, masks: MaskSet, criterion: str, d
 
 
 def dense_baseline(run: Run, prefix: str = "", method: str | None = None,
-                   context: dict[str, Any] | None = None) -> torch.nn.Module:
+                   context: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> torch.nn.Module:
     """Round 0: the dense model from θ0, trained once (its weights are kept for one-shot pruning).
-    ``prefix`` separates the dense arms of several model arms (key and checkpoint path)."""
+    ``prefix`` separates the dense arms of several model arms (key and checkpoint path); ``extra``: row columns."""
     model = run.new_model(run.seed)
     masks = run.new_masks(model)
     path = run.dir / f"checkpoints/{prefix}round_00.pt"
@@ -64,7 +64,7 @@ def dense_baseline(run: Run, prefix: str = "", method: str | None = None,
         record_event(run, 0, masks, {n: 1.0 for n in masks.names()}, 1.0, method=method or run.cfg.method.name,
                        variant="dense")
         run.train_arm(f"{prefix}r0/dense", model, masks, 0, "dense", target_density=1.0, method=method,
-                      save_as=f"checkpoints/{prefix}round_00.pt", stage="dense", context=context)
+                      save_as=f"checkpoints/{prefix}round_00.pt", stage="dense", context=context, extra=extra)
     else:
         model.load_state_dict(load_state(path, keys=("model",))["model"])
     return model
@@ -90,8 +90,10 @@ def matched_width(run: Run, nnz: int) -> tuple[float, int]:
     return hi, count(hi)  # not rounded: hidden sizes round(h × w) jump at .5 boundaries
 
 
-def small_dense_arm(run: Run, r: int, density: float, nnz: int) -> None:
-    """Zhu & Gupta's control: a narrower dense model with (about) the sparse model's non-zeros."""
+def small_dense_arm(run: Run, r: int, density: float, nnz: int,
+                    row_extra: Callable[[Any, torch.nn.Module], dict[str, Any]] | None = None) -> None:
+    """Zhu & Gupta's control: a narrower dense model with (about) the sparse model's non-zeros; ``row_extra(result,
+    model)`` adds columns computed from the trained arm."""
     key = f"r{r}/small_dense"
     if key in run.done:
         return
@@ -100,7 +102,8 @@ def small_dense_arm(run: Run, r: int, density: float, nnz: int) -> None:
     model = run.new_model(run.seed, model_cfg=mcfg)
     masks = run.new_masks(model)
     run.train_arm(key, model, masks, r, "small_dense", target_density=density,
-                  extra={"width": width, "matched_nnz": nnz})
+                  extra={"width": width, "matched_nnz": nnz},
+                  row_extra=(lambda res: row_extra(res, model)) if row_extra else None)
 
 
 def planned_nnz(model: torch.nn.Module, masks: MaskSet, density: float) -> int:

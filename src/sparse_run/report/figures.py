@@ -18,6 +18,8 @@ import pandas as pd  # noqa: E402
 from sparse_run.store.schema import read_summary  # noqa: E402
 
 from .collect import _grouped  # noqa: E402
+from .dst import figures as dst_figures  # noqa: E402
+from .dst import is_dst  # noqa: E402
 from .nm import run_figures as nm_figures  # noqa: E402
 from .plot import _note_not_drawn, _pct_axis, _provenance, save_figure  # noqa: E402
 from .rnn import run_figures as rnn_figures  # noqa: E402
@@ -164,7 +166,7 @@ def run_figures(run_dir: Path, figures: str | None = None) -> list[Path]:
     if df.empty or figures == "none":
         return []
     if figures is None:
-        figures = ("nm" if "pattern" in df and df.pattern.notna().any()
+        figures = ("nm" if "pattern" in df and df.pattern.notna().any() else "dst" if is_dst(df)
                    else "rnn" if {"policy_arm", "graph_family"} & set(df.columns) else "levels")
     first = df.iloc[0]
     title = (f"{first.experiment}: {first.model} on {first.dataset}, method {first.method}, "
@@ -173,6 +175,8 @@ def run_figures(run_dir: Path, figures: str | None = None) -> list[Path]:
         return nm_figures(Path(run_dir), df, title)
     if figures == "rnn":  # sparse-RNN experiments have their own figures
         return rnn_figures(Path(run_dir), df, title)
+    if figures == "dst":  # dynamic sparse training: arms, paired differences, FLOPs, ITOP
+        return dst_figures(df, f"{Path(run_dir) / 'figures'}/", title)
     out = Path(run_dir) / "figures" / "accuracy_vs_density.png"
     if compares_methods(df):
         return [method_comparison(df, out, title.replace(f"method {first.method}",

@@ -14,6 +14,8 @@ from sparse_run.store.files import atomic_write_text
 from sparse_run.store.schema import SUMMARY_COLUMNS, rows_to_csv
 
 from .collect import FINISHED, _grouped, collect, counted
+from .dst import figures as dst_figures
+from .dst import is_dst
 from .figures import accuracy_vs_density, accuracy_vs_nnz, compares_methods, method_comparison
 from .hardware import read_hardware, speedup_vs_sparsity
 from .nm import accuracy_figure
@@ -82,6 +84,18 @@ def report_figures(ok: pd.DataFrame, out: Path) -> list[Path]:
         title = (f"{exp} (budget {budget}): {', '.join(sorted(sub.model.unique()))} on "
                  f"{', '.join(sorted(sub.dataset.unique()))}; seeds {sorted(int(s) for s in sub.seed.unique())}")
         stem = out / f"{exp}_{budget}"
+        if is_dst(sub):  # dynamic sparse training: per configuration group, or one ΔT figure across groups
+            if "delta_t" in sub and sub[sub.variant != "dense"].delta_t.nunique() > 1:
+                made += dst_figures(sub, f"{stem}_", title)
+                continue
+            for (key, group), part in sub.groupby([sub.group_key.fillna("") if "group_key" in sub
+                                                   else pd.Series("", index=sub.index), "group"]):
+                dense = sub[(sub.variant == "dense") & sub.dense_key.isin(set(part.dense_key))] \
+                    if "dense_key" in sub else part.iloc[0:0]
+                part = pd.concat([part[part.variant != "dense"], dense]).drop_duplicates()
+                pstem = f"{stem}_{_file_part(group, str(key))}_" if group else f"{stem}_"
+                made += dst_figures(part, pstem, f"{title}\n{group}" if group else title)
+            continue
         rnn = bool({"policy_arm", "graph_family"} & set(sub.dropna(axis=1, how="all").columns))
         if rnn or ("pattern" in sub and sub.pattern.notna().any()):  # figures without group lines: one per group
             keys = sub.group_key if "group_key" in sub else pd.Series("", index=sub.index)

@@ -1,6 +1,6 @@
 """Dynamic sparse training's mask update (SET, RigL, sparse momentum): drop the weakest active weights, grow as
 many inactive ones, keep each layer's count fixed. Pure tensor functions; the schedule kind that calls them
-every ΔT steps is issue 15's ``dynamic`` method (not wired yet).
+every ΔT steps is ``methods.dynamic``.
 
 Conventions, as google-research/rigl: the drop fraction follows a cosine decay to zero at ``t_end``; k =
 round(ζ_t · n_active) per layer; drop among active weights by smallest |w|, grow among the weights inactive after
@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 
 from sparse_run.config import ConfigError, number
+
+from .selection import integer_counts, water_fill
 
 
 def drop_fraction(step: int, zeta0: float, t_end: int) -> float:
@@ -56,14 +58,21 @@ def _noise(shape: torch.Size, gen: torch.Generator, scale: float) -> torch.Tenso
     return torch.rand(shape, generator=gen) * scale
 
 
-def drop_grow(weight: torch.Tensor, mask: torch.Tensor, grow_scores: torch.Tensor, fraction: float,
-              gen: torch.Generator) -> Update:
-    """Drop k = round(fraction · active) smallest-|w| active weights and grow k highest-score weights among those
-    inactive after the drop; the active count is unchanged."""
-    mask = mask.bool()
+def drop_count(mask: torch.Tensor, fraction: float) -> int:
+    """k = round(fraction · active): the weights one layer drops at an update."""
     active = int(mask.sum())
-    k = min(round(fraction * active), active)  # growth candidates: the (N − active) inactive plus the k dropped
-    if k <= 0:
+    return min(round(fraction * active), active)
+
+
+def drop_grow(weight: torch.Tensor, mask: torch.Tensor, grow_scores: torch.Tensor, fraction: float,
+              gen: torch.Generator, n_grow: int | None = None) -> Update:
+    """Drop k = round(fraction · active) smallest-|w| active weights and grow ``n_grow`` (default k: the active
+    count is unchanged) highest-score weights among those inactive after the drop (sparse momentum moves counts
+    between layers, so there ``n_grow`` differs from k; it is capped at the candidates there are)."""
+    mask = mask.bool()
+    k = drop_count(mask, fraction)
+    n_grow = k if n_grow is None else min(n_grow, mask.numel() - int(mask.sum()) + k)
+    if k <= 0 and n_grow <= 0:
         return Update(mask.clone(), torch.zeros_like(mask), 0)
     w, s = weight.detach().abs().flatten().float().cpu(), grow_scores.detach().abs().flatten().float().cpu()
     flat = mask.flatten().cpu()
@@ -73,11 +82,25 @@ def drop_grow(weight: torch.Tensor, mask: torch.Tensor, grow_scores: torch.Tenso
     after = flat.clone()
     after[drop] = False
     grow_score = torch.where(after, torch.full_like(s, -math.inf), s + _noise(s.shape, gen, eps))
-    grow = torch.topk(grow_score, k, largest=True).indices
+    grow = torch.topk(grow_score, n_grow, largest=True).indices
     new = after.clone()
     new[grow] = True
     grown = new & ~flat
     return Update(new.view_as(mask).to(mask.device), grown.view_as(mask).to(mask.device), int(grown.sum()))
+
+
+def regrow_counts(momenta: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], dropped: dict[str, int]
+                  ) -> dict[str, int]:
+    """Sparse momentum's redistribution: the Σ dropped weights are regrown across layers in proportion to each
+    layer's mean |momentum| over its active weights, never more than a layer has room for (its size minus its
+    active weights after the drop); the counts sum exactly to what was dropped."""
+    total = sum(dropped.values())
+    room = {n: m.numel() - int(m.sum()) + dropped[n] for n, m in masks.items()}
+    means = {n: float(momenta[n].abs()[masks[n].bool()].mean()) if bool(masks[n].any()) else 0.0 for n in masks}
+    if sum(means.values()) <= 0:
+        return dict(dropped)
+    real = water_fill({n: room[n] for n in masks}, means, float(total))
+    return integer_counts(real, total, room)
 
 
 def zero_grown(param: torch.Tensor, grown: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:

@@ -101,3 +101,36 @@ def arm_flops(costs: list[LayerCost], shapes: dict[str, torch.Size], patterns: d
     ref = phase_flops(costs, batch, steps)
     total["train_flops_ratio"] = sum(total[k] for k in PHASES) / sum(ref[k] for k in PHASES)
     return total
+
+
+def timeline_flops(costs: list[LayerCost], events: list[tuple[int, dict[str, float]]], batch: int, steps: int,
+                   dense_wgrad: str = "never", updates: int = 0) -> float:
+    """Training FLOPs of an unstructured sparse arm whose layer densities change over time.
+
+    ``events``: (step, {layer: density}) from which step on each layer runs at that density (layers never
+    named, and every layer before its first event, are dense). Each GEMM's MACs scale with the layer's density
+    (RigL's accounting: forward, backward-data and weight gradient of a sparse layer all run sparse), except
+    the weight gradient when it must be dense: on ``updates`` steps (``dense_wgrad="updates"``: RigL's grow
+    score) or on every step (``"every"``: sparse momentum's dense-gradient average).
+    """
+    current = {c.name: 1.0 for c in costs}
+    marks = sorted(events, key=lambda e: e[0]) + [(steps, {})]
+    total, prev = 0.0, 0
+
+    def per_step(wgrad_dense: bool) -> float:
+        return 2.0 * batch * sum(c.macs * (current[c.name] * (1 + c.input_grad)
+                                           + (1.0 if wgrad_dense else current[c.name])) for c in costs)
+
+    for step, dens in marks:
+        step = min(max(step, 0), steps)
+        total += (step - prev) * per_step(dense_wgrad == "every")
+        prev = step
+        current.update({n: float(d) for n, d in dens.items() if n in current})
+    if dense_wgrad == "updates":
+        total += updates * 2.0 * batch * sum(c.macs * (1.0 - current[c.name]) for c in costs)
+    return total
+
+
+def dense_train_flops(costs: list[LayerCost], batch: int, steps: int) -> float:
+    """Training FLOPs of dense training for ``steps`` steps (the denominator of every ``train_flops_ratio``)."""
+    return sum(phase_flops(costs, batch, steps).values())

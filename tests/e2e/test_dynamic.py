@@ -1,0 +1,83 @@
+"""Dynamic sparse training end to end: ``experiment=dst_mnist budget=smoke`` writes the results schema with every
+arm, exact counts at every update, zero weights outside the final masks and the DST figures; every bad setting is
+one line naming its field before any work."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import compose_cfg, run_cli
+from sparse_run import models
+from sparse_run.config import ConfigError
+from sparse_run.data import DataSpec
+from sparse_run.execute import effective
+from sparse_run.sparsity import MaskSet, prunable
+
+
+@pytest.fixture(scope="module")
+def dst_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dst")
+    run_cli("experiment=dst_mnist", "budget=smoke", "threads=1", "progress=false", "method.schedule.every_steps=10",
+            f"paths.results_dir={root}")
+    return root / "dst_mnist" / "budget=smoke,method.schedule.every_steps=10"
+
+
+def test_dst_smoke_writes_every_arm_with_exact_counts(dst_run):
+    summary, layers = pd.read_csv(dst_run / "summary.csv"), pd.read_csv(dst_run / "layers.csv")
+    arms = {"static", "set", "rigl", "snfs", "gmp", "rigl_2x", "small_dense"}
+    assert set(summary.variant) == arms | {"dense"}
+    sparse = summary[summary.variant.isin(arms - {"small_dense"})]
+    assert ((sparse.nonzeros - sparse.target_density * sparse.prunable).abs() <= 3).all()
+    assert (sparse[sparse.variant == "rigl_2x"].steps == 2 * sparse[sparse.variant == "rigl"].steps.iloc[0]).all()
+    for variant in ("set", "rigl", "snfs"):
+        rows = summary[summary.variant == variant]
+        assert (rows.updates > 0).all() and (rows.swapped > 0).all() and (rows.itop > rows.density).all()
+    assert summary.set_index("variant").train_flops_ratio["dense"] == 1.0
+    for (variant, r), ev in layers[layers.variant.isin(["set", "rigl", "snfs"])].groupby(["variant", "round"]):
+        start = ev[ev.step == 0].set_index("layer").nonzeros
+        for step, e in ev.groupby("step"):
+            counts = e.set_index("layer").nonzeros
+            if variant == "snfs":  # redistribution moves weights between layers; the total is the budget
+                assert counts.sum() == start.sum()
+            else:
+                assert counts.equals(start), (variant, r, step)
+        assert ev[ev.step > 0].swapped.notna().all() and (ev.zeta.dropna() <= 0.3).all()
+    for fig in ("dst_accuracy", "dst_flops", "dst_itop"):
+        assert (dst_run / "figures" / f"{fig}.png").stat().st_size > 10_000
+
+
+def test_dst_final_model_keeps_pruned_weights_zero_after_reload(dst_run):
+    cfg = compose_cfg("experiment=dst_mnist")
+    ck = torch.load(dst_run / "checkpoints/final.pt", weights_only=True)
+    model = models.build(cfg.model, DataSpec("mnist", (1, 28, 28), 10), seed=5)
+    model.load_state_dict(ck["model"])
+    masks = MaskSet(prunable(model, cfg.method.policy))
+    masks.load_state_dict(ck["masks"])
+    assert masks.violations() == {}
+
+
+@pytest.mark.parametrize("override, message", [
+    ("method.schedule.zeta0=0", r"^method.schedule.zeta0: got 0"),
+    ("method.schedule.zeta0=1.5", r"^method.schedule.zeta0: got 1.5"),
+    ("method.schedule.every_steps=0", r"^method.schedule.every_steps: got 0"),
+    ("method.schedule.end_step=20000", r"^method.schedule.end_step: got 20000; must be in \[1, 11000\]"),
+    ("method.schedule.variants=[static,sett]", r"^method.schedule.variants\[1\]: got 'sett'.*rigl"),
+    ("method.schedule.sparsities=[0.9,1.0]", r"^method.schedule.sparsities\[1\]: got 1.0"),
+    ("method.schedule.sparsities=[-0.1]", r"^method.schedule.sparsities\[0\]: got -0.1"),
+    ("method.selection.scope=global", r"^method.selection.scope \(schedule.kind=dynamic\): got 'global'"),
+    ("method.schedule.long_variants=[gmp]", r"^method.schedule.long_variants\[0\]: got 'gmp'"),
+    ("train.replicates=2", r"^train.replicates: got 2 with method.schedule.kind=dynamic"),
+], ids=["zeta0_zero", "zeta0_above_one", "delta_t_zero", "t_end_beyond_training", "unknown_arm", "sparsity_one",
+        "negative_sparsity", "global_scope", "long_gmp", "replicates"])
+def test_bad_dynamic_settings_are_one_line_errors(override, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        effective(compose_cfg("experiment=dst_mnist", override), explicit=[override.split("=")[0]])
+    assert "\n" not in str(err.value)
+
+
+def test_bad_dynamic_setting_on_the_command_line_writes_nothing(tmp_path):
+    proc = run_cli("experiment=dst_mnist", "budget=smoke", "method.schedule.zeta0=2", f"paths.results_dir={tmp_path}/r",
+                   check=False, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("error: method.schedule.zeta0: got 2")
+    assert not (tmp_path / "r").exists()
