@@ -24,6 +24,7 @@ ALL_LAYERS = ["linear", "conv", "rnn"]
 # shortcuts has the paper's "ResNet-18" 271K; VGG-19 the paper's 20.0M.
 EXPECTED = [
     ("lenet_300_100", MNIST, 266_200),
+    ("mlp_1024", MNIST, 784 * 1024 + 1024 * 1024 + 1024 * 10),
     ("lenet5", MNIST, 430_500),
     ("conv2", CIFAR, 4_300_992),
     ("conv4", CIFAR, 2_425_024),
