@@ -81,3 +81,45 @@ def test_bad_dynamic_setting_on_the_command_line_writes_nothing(tmp_path):
                    check=False, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error: method.schedule.zeta0: got 2")
     assert not (tmp_path / "r").exists()
+
+
+# -- DSL on implicit feedback ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def dsl_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dsl")
+    run_cli("experiment=dsl_recsys", "budget=smoke", "threads=1", "progress=false", "method.schedule.every_steps=5",
+            f"paths.results_dir={root}")
+    return root / "dsl_recsys" / "budget=smoke,method.schedule.every_steps=5"
+
+
+def test_dsl_smoke_ranks_with_recall_and_ndcg_at_exact_budgets(dsl_run):
+    summary, layers = pd.read_csv(dsl_run / "summary.csv"), pd.read_csv(dsl_run / "layers.csv")
+    assert set(summary.variant) == {"dense", "static", "dsl", "prune_ft", "small_dense"}
+    assert summary.test_ndcg.between(0, 1).all() and summary.test_acc.between(0, 1).all()
+    sparse = summary[summary.variant.isin(["static", "dsl", "prune_ft"])]
+    assert (sparse.nonzeros == (sparse.target_density * sparse.prunable).round()).all()
+    assert set(layers.layer) == {"user.weight", "item.weight"}
+    for _, ev in layers[layers.variant == "dsl"].groupby("round"):
+        start = ev[ev.step == 0].set_index("layer").nonzeros
+        assert all(e.set_index("layer").nonzeros.equals(start) for _, e in ev.groupby("step"))
+    flops = summary.set_index(["variant", "round"]).train_flops_ratio
+    assert flops["static", 1] == pytest.approx(0.2, abs=0.01) and flops["prune_ft", 1] > 1
+    metrics = [line for line in (dsl_run / "metrics.jsonl").read_text().splitlines() if '"dsl"' in line]
+    assert '"test_ndcg"' in metrics[-1] and '"itop"' in metrics[-1]
+    assert (dsl_run / "figures" / "dst_accuracy.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["experiment=dsl_recsys", "model=lenet_300_100"], r"^model.arch: got 'mlp'; dataset implicit_synth gives"),
+    (["experiment=dst_mnist", "model=mf_bpr"], r"^model.arch: mf needs \(user, item\) interactions"),
+    (["experiment=dsl_recsys", "method=dense", "train.replicates=2"], r"^train.replicates: got 2 with dataset.layout"),
+    (["experiment=dsl_recsys", "method.schedule.dense=false"], r"^method.schedule.dense: got false; variant prune_ft"),
+], ids=["mlp_on_interactions", "mf_on_images", "replicates_on_ranking", "prune_ft_without_dense"])
+def test_mismatched_model_data_or_arms_are_one_line_errors(tmp_path, overrides, message):
+    import re
+
+    proc = run_cli(*overrides, "budget=smoke", "progress=false", f"paths.results_dir={tmp_path}/r", check=False,
+                   timeout=120)
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and len(err.splitlines()) == 1 and re.match(r"^error: " + message[1:], err), err

@@ -104,11 +104,26 @@ class SyntheticConfig:
 
 
 @dataclass
+class ImplicitConfig:
+    """``dataset.implicit``: the synthetic implicit-feedback generator (``data/implicit.py``)."""
+
+    users: int = key(2000, "users")
+    items: int = key(1000, "items")
+    rank: int = key(8, "rank of the true preferences")
+    per_user: float = key(30.0, "mean interactions per user (Poisson, at least 5)")
+    popularity: float = key(1.0, "weight of the Zipf-like item-popularity bias")
+    temperature: float = key(1.0, "softness of each user's choice among items")
+    test_fraction: float = key(0.2, "each user's interactions held out for test")
+    val_fraction: float = key(0.125, "of the rest, held out for validation (0.125: 10 % of all)")
+    seed: int = key(0, "generates the data (never the run seed)")
+
+
+@dataclass
 class DatasetConfig:
     """``dataset/``: one dataset; keys below ``layout`` are read by some sources only (named in their meaning)."""
 
     name: str = key(MISSING, "dataset name (the summary's dataset column)")
-    source: str = key(MISSING, "mnist | fashion_mnist | cifar10 | reber | synthetic: what produces the tensors")
+    source: str = key(MISSING, "mnist | fashion_mnist | cifar10 | reber | synthetic | implicit: what produces the tensors")
     root: Optional[str] = key(None, "directory of its files (null: paths.data_dir)")
     download: bool = key(True, "fetch the files when none are on disk (needs the internet)")
     num_classes: int = key(MISSING, "classes of the labels")
@@ -116,13 +131,14 @@ class DatasetConfig:
     split_seed: int = key(0, "fixes the validation split: every run and arm sees the same one")
     mean: Any = key(MISSING, "normalisation mean: one number or one per channel")
     std: Any = key(MISSING, "normalisation std: one number or one per channel")
-    layout: str = key("image", "image [C,H,W] | sequence [T,F] | tokens")
+    layout: str = key("image", "image [C,H,W] | sequence [T,F] | tokens | interactions [user, item] pairs")
     shape: list[int] = key([], "input shape the models see")
     train_examples: Optional[int] = key(None, "training set size before the split (checked against the batch)")
     stand_in: Optional[str] = key(None, "synthetic dataset used when its files are absent and budget.data_fallback")
     store: Optional[str] = key(None, "prepared file's folder under the root (null: name; seq_mnist shares mnist's)")
     augment: Optional[AugmentConfig] = key(None, "training augmentation (image layout; null: none)")
     synthetic: Optional[SyntheticConfig] = key(None, "source synthetic: generator settings")
+    implicit: Optional[ImplicitConfig] = key(None, "source implicit: generator settings")
     size: Optional[int] = key(None, "source reber: strings in all")
     test_size: Optional[int] = key(None, "source reber: the last this many strings are the test set")
     seed: Optional[int] = key(None, "source reber: generates the strings")
@@ -135,10 +151,10 @@ class ModelConfig:
     """``model/``: one architecture (``arch``); keys after ``init`` are read by the archs named in their meaning."""
 
     name: str = key(MISSING, "model name (the summary's model column)")
-    arch: str = key(MISSING, "mlp | convfc | vgg | resnet | mobilenet_v2 | rnn (models.ARCHS)")
+    arch: str = key(MISSING, "mlp | convfc | vgg | resnet | mobilenet_v2 | rnn | mf (models.ARCHS)")
     width: float = key(1.0, "multiplies every channel count / hidden size (small-dense baselines)")
     init: str = key(MISSING, "glorot_normal | glorot_uniform | kaiming_normal | kaiming_uniform | default (rnn)")
-    hidden: Any = key(None, "mlp, convfc: hidden layer sizes (list); rnn: hidden size per layer (int)")
+    hidden: Any = key(None, "mlp, convfc: hidden layer sizes (list); rnn: hidden size per layer; mf: embedding dim")
     blocks: Optional[list[list[int]]] = key(None, "convfc: conv channels per pooled block")
     kernel: Optional[int] = key(None, "convfc: conv kernel size")
     padding: Any = key(None, "convfc: 'same' or an integer")

@@ -188,12 +188,25 @@ def _generate_reber(cfg: Any) -> dict[str, Any]:
     return reber.generate(cfg)
 
 
+def _generate_implicit(cfg: Any) -> dict[str, Any]:
+    from . import implicit
+
+    return implicit.generate(cfg)
+
+
+def _negatives(items: int) -> Callable[[torch.Tensor, int, int], torch.Tensor]:
+    from . import implicit
+
+    return implicit.negatives(items)
+
+
 # Generated in memory from the dataset's own seed at every load (cheap), never cached on disk.
 GENERATORS: dict[str, Callable[[Any], dict[str, Any]]] = {
     "synthetic": _generate_synthetic,
     "reber": _generate_reber,
+    "implicit": _generate_implicit,
 }
-LAYOUTS = ("image", "sequence", "tokens")
+LAYOUTS = ("image", "sequence", "tokens", "interactions")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,19 +258,24 @@ def load(cfg: Any, data_dir: str, device: torch.device | str = "cpu",
         blob = load_state(prepare(cfg, data_dir), keys=("train_x", "train_y", "test_x", "test_y"),
                           hint="delete it and the dataset is prepared again from its source")
     train_x, train_y = blob["train_x"], blob["train_y"]
-    n = train_x.shape[0]
-    val_size = int(cfg.val_size)
-    if not 0 <= val_size < n:
-        raise ConfigError("dataset.val_size", f"must be in [0, {n}), got {val_size}")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(cfg.split_seed)))
-    val_idx, train_idx = perm[:val_size], perm[val_size:]
+    if "val_x" in blob:  # the source splits validation itself (implicit feedback: per user)
+        train_x, train_y = torch.cat([train_x, blob["val_x"]]), torch.cat([train_y, blob["val_y"]])
+        n = train_x.shape[0]
+        val_idx, train_idx = torch.arange(n - blob["val_x"].shape[0], n), torch.arange(n - blob["val_x"].shape[0])
+    else:
+        n = train_x.shape[0]
+        val_size = int(cfg.val_size)
+        if not 0 <= val_size < n:
+            raise ConfigError("dataset.val_size", f"must be in [0, {n}), got {val_size}")
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(cfg.split_seed)))
+        val_idx, train_idx = perm[:val_size], perm[val_size:]
     if train_subset:
         train_idx = train_idx[: int(train_subset)]
 
     mean, std = _channel_stats(cfg, layout)
 
     def norm(x: torch.Tensor) -> torch.Tensor:
-        if layout == "tokens":
+        if layout in ("tokens", "interactions"):
             return x
         if layout == "sequence":  # [N, T, F]: rows of an image as time steps
             return x.float().div_(255.0).sub_(float(mean)).div_(float(std))
@@ -271,18 +289,20 @@ def load(cfg: Any, data_dir: str, device: torch.device | str = "cpu",
     vocab = blob.get("vocab_size")
     bundle = DataBundle(
         spec=DataSpec(name=cfg.name, input_shape=tuple(norm(train_x[:1]).shape[1:]),
-                      num_classes=int(cfg.num_classes), kind=layout, vocab_size=int(vocab) if vocab else None),
+                      num_classes=int(cfg.num_classes), kind=layout, vocab_size=int(vocab) if vocab else None,
+                      num_users=blob.get("num_users"), num_items=blob.get("num_items")),
         train_x=norm(train_x[train_idx]), train_y=train_y[train_idx],
         val_x=norm(train_x[val_idx]), val_y=train_y[val_idx],
         test_x=norm(test_x), test_y=test_y,
-        augment=augment.build(cfg.augment, mean, std) if layout == "image" else None,
+        augment=(augment.build(cfg.augment, mean, std) if layout == "image"
+                 else _negatives(int(blob["num_items"])) if layout == "interactions" else None),
     )
     return bundle.to(device)
 
 
 def _channel_stats(cfg: Any, layout: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``dataset.mean`` / ``dataset.std``: one number, or one per channel (CIFAR)."""
-    if layout == "tokens":
+    if layout in ("tokens", "interactions"):
         return torch.zeros(1), torch.ones(1)
     mean = torch.tensor(OmegaConf.to_object(cfg.mean) if OmegaConf.is_config(cfg.mean) else cfg.mean,
                         dtype=torch.float).flatten()

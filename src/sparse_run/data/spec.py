@@ -17,8 +17,10 @@ class DataSpec:
     name: str
     input_shape: tuple[int, ...]
     num_classes: int
-    kind: str = "image"            # image [C,H,W] | sequence [T,F] | tokens [T] (int ids, 0 = pad)
+    kind: str = "image"            # image [C,H,W] | sequence [T,F] | tokens [T] (int ids, 0 = pad) | interactions [2]
     vocab_size: int | None = None  # tokens only: number of ids including the pad id 0
+    num_users: int | None = None   # interactions only: (user, item) id pairs
+    num_items: int | None = None
 
 
 @dataclass

@@ -50,6 +50,9 @@ def check_config(cfg: Any, lockstep: tuple[str, ...]) -> None:
     if k == 1:
         return
     kind = cfg.method.schedule.kind
+    if cfg.dataset.layout == "interactions":
+        raise ConfigError("train.replicates", f"got {k} with dataset.layout=interactions; ranking data trains "
+                                              "single runs only (use seed=0,1,2 --multirun)")
     if kind not in lockstep:
         raise ConfigError("train.replicates", f"got {k} with method.schedule.kind={kind}; "
                                               f"replicates > 1 support: {', '.join(lockstep)}")

@@ -118,16 +118,27 @@ def chance_accuracy(y: torch.Tensor) -> float:
     return p + CHANCE_SIGMAS * math.sqrt(p * (1 - p) / n)
 
 
+def chance_level(data: DataBundle) -> float:
+    """What the test metric of a model that learned nothing reaches, at most: ``chance_accuracy`` for
+    classification; for ranking data the Recall@K of a random ranking plus three standard errors."""
+    from .tasks import Ranking, for_data
+
+    task = for_data(data)
+    return task.chance(data, CHANCE_SIGMAS) if isinstance(task, Ranking) else chance_accuracy(data.test_y)
+
+
 def check_chance(result: TrainResult, data: DataBundle, tcfg: Any, desc: str) -> TrainResult:
     """Flag an arm that ends at chance (diverged quietly, lr far too high, broken data): its status
     becomes ``at_chance`` and the console says so. ``train.chance_check=false`` turns this off."""
     if not tcfg.chance_check or not data.test_y.numel():
         return result
-    level = chance_accuracy(data.test_y)
+    level = chance_level(data)
     if result.final_test_acc <= level:
         result.status = "at_chance"
-        print(f"sparse-run: warning: {desc} ended at chance (test accuracy {result.final_test_acc:.4f} <= "
-              f"{level:.4f}, the majority class's share + {CHANCE_SIGMAS:g} standard errors); its row has "
+        ranking = data.spec is not None and data.spec.kind == "interactions"
+        what, base = ("Recall@20", "a random ranking's") if ranking else ("accuracy", "the majority class's share")
+        print(f"sparse-run: warning: {desc} ended at chance (test {what} {result.final_test_acc:.4f} <= "
+              f"{level:.4f}, {base} + {CHANCE_SIGMAS:g} standard errors); its row has "
               "status=at_chance: check train.lr and the data", file=sys.stderr)
     return result
 
@@ -309,9 +320,11 @@ def _eval_records(st: Strategy, lanes: Sequence[Lane], data: DataBundle, step: i
         per = f" (per replicate: {[int(r[4]) for r in rows]})" if len(rows) > 1 else ""
         raise RuntimeError(f"{int(sum(r[4] for r in rows))} pruned weights are nonzero at step {step}{per}: "
                            "mask enforcement is broken")
+    extras = getattr(st, "eval_extra", None) or [{} for _ in lanes]  # task metrics (ranking: NDCG@K)
     records = []
-    for lane, r in zip(lanes, rows):
-        rec = {"step": step, "train_loss": r[0], "val_loss": r[1], "val_acc": r[2], "test_acc": r[3]}
+    for lane, r, extra in zip(lanes, rows, extras):
+        rec = {"step": step, "train_loss": r[0], "val_loss": r[1], "val_acc": r[2], "test_acc": r[3],
+               **{k: float(v) for k, v in extra.items()}}
         for hook in lane.hooks or ():  # hooks may add metrics to the record (N:M: sad, sad_cum)
             if hasattr(hook, "eval_metrics"):
                 rec.update(hook.eval_metrics(step))

@@ -168,7 +168,10 @@ class Run:
                "prunable": masks.numel(), "test_acc": result.final_test_acc,
                "early_stop_step": result.early_stop_step, "test_acc_at_early_stop": result.test_acc_at_early_stop,
                "val_acc": result.final_val_acc, "steps": result.steps, "wall_s": round(result.wall_s, 3),
-               "status": getattr(result, "status", "ok"), "nnz_params": nnz_params(model, masks), **(extra or {}),
+               "status": getattr(result, "status", "ok"), "nnz_params": nnz_params(model, masks),
+               # the task's further final test metrics (ranking: test_ndcg)
+               **{k: v for k, v in result.history[-1].items() if k.startswith("test_") and k != "test_acc"},
+               **(extra or {}),
                **(row_extra(result) if row_extra else {})}
         if save_as:
             self.writer.save(save_as, {"model": model.state_dict(), "masks": masks.state_dict()})

@@ -15,10 +15,9 @@ import sys
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from . import onednn
+from . import onednn, tasks
 from sparse_run.config.errors import choice
 from sparse_run.config.schema import train_config
 from sparse_run.data.spec import DataBundle
@@ -158,19 +157,9 @@ def make_lr_schedule(opt: torch.optim.Optimizer, tcfg: Any, steps: int) -> torch
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean loss and accuracy as 0-d device tensors (no host sync here)."""
-    was_training = model.training
-    model.eval()
-    loss = torch.zeros((), device=x.device)
-    correct = torch.zeros((), device=x.device)
-    for i in range(0, x.shape[0], chunk):
-        out = model(x[i:i + chunk])
-        loss += F.cross_entropy(out, y[i:i + chunk], reduction="sum")
-        correct += (out.argmax(1) == y[i:i + chunk]).sum()
-    model.train(was_training)
-    return loss / x.shape[0], correct / x.shape[0]
+    """Mean loss and accuracy as 0-d device tensors (no host sync here): ``tasks.classify``."""
+    return tasks.classify(model, x, y, chunk)
 
 
 SHOW_PROGRESS = True  # the run's `progress` setting (execute.execute sets it); bars only on a terminal
@@ -203,17 +192,20 @@ def train(model: nn.Module, masks: MaskSet, data: DataBundle, tcfg: Any, *, step
     fast = onednn.resolve(str(tcfg.linear_kernel), data.train_x.device, bool(tcfg.compile))
     start = int(resume["step"]) if resume is not None else 0
     with onednn.use_onednn(model, fast):
-        return run([lane], data, tcfg, lambda: SingleModule(model, masks, tcfg, steps), steps=steps,
+        return run([lane], data, tcfg, lambda: SingleModule(model, masks, tcfg, steps, tasks.for_data(data)), steps=steps,
                    eval_every=eval_every, desc=desc, bar=_progress(steps, desc, start),
                    zero_state=zero_pruned_state)[0]
 
 
 class SingleModule:
     """``loop.Strategy`` for one lane: the plain module (``torch.compile``d if asked), its own
-    optimizer stepped by ``LeanStep``, masks enforced by the ``MaskSet`` itself."""
+    optimizer stepped by ``LeanStep``, masks enforced by the ``MaskSet`` itself; the loss and the
+    evaluation are the data's task (``tasks``: classification, or ranking for interactions)."""
 
-    def __init__(self, model: nn.Module, masks: MaskSet, tcfg: Any, steps: int):
+    def __init__(self, model: nn.Module, masks: MaskSet, tcfg: Any, steps: int, task: Any = None):
         self.model, self.masks = model, masks
+        self.task = task or tasks.Classification()
+        self.eval_extra: list[dict[str, torch.Tensor]] = [{}]
         self.opt = make_optimizer(list(model.parameters()), tcfg)
         self._step = LeanStep(self.opt)
         self.sched = make_lr_schedule(self.opt, tcfg, steps)
@@ -222,7 +214,7 @@ class SingleModule:
         model.train()
 
     def forward_loss(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        loss = F.cross_entropy(self.fwd(xb[0]), yb[0])
+        loss = self.task.loss(self.fwd(xb[0]), yb[0])
         return loss, loss.detach()
 
     def zero_grad(self) -> None:
@@ -244,8 +236,8 @@ class SingleModule:
         pass
 
     def evaluate(self, data: DataBundle) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        val_loss, val_acc = evaluate(self.model, data.val_x, data.val_y)
-        _, test_acc = evaluate(self.model, data.test_x, data.test_y)
+        val_loss, val_acc, test_acc, extra = self.task.evaluate(self.model, data)
+        self.eval_extra = [extra]
         return val_loss.unsqueeze(0), val_acc.unsqueeze(0), test_acc.unsqueeze(0)
 
     def lane_state(self, k: int) -> dict[str, Any]:

@@ -52,9 +52,11 @@ class Arm:
     redistribute: bool = False  # regrowth moves between layers by mean |momentum| (sparse momentum)
 
 
+# DSL (Wang et al. 2024) is RigL's update on a recommender's embedding tables; its code was not found, so it
+# follows RigL's order (the update replaces the step).
 ARMS = {"static": Arm(None), "set": Arm("random"), "rigl": Arm("gradient", replaces_step=True),
-        "snfs": Arm("momentum", redistribute=True)}
-VARIANTS = (*ARMS, "gmp")
+        "snfs": Arm("momentum", redistribute=True), "dsl": Arm("gradient", replaces_step=True)}
+VARIANTS = (*ARMS, "gmp", "prune_ft")
 SCOPES = ("erk", "layerwise")
 END_FRACTION = 0.75  # T_end when schedule.end_step is null: 75 % of training (RigL's default)
 
@@ -182,6 +184,30 @@ def _beta(cfg: Any) -> float:
     return m if cfg.train.optimizer == "sgd" and m > 0 else 0.9
 
 
+def _prune_finetune(run: Run, r: int, density: float, dense: torch.nn.Module) -> None:
+    """Dense → prune → fine-tune: the trained dense model pruned by magnitude to ``density`` (the selection's
+    scope), then trained ``finetune_steps`` more with a fresh optimizer and lr schedule. Its training FLOPs count
+    the dense training too."""
+    key, method = f"r{r}/prune_ft", run.cfg.method
+    if key in run.done:
+        return
+    model = run.new_model(run.seed)
+    model.load_state_dict(dense.state_dict())
+    masks = run.new_masks(model)
+    planned = prune_to(run, model, masks, "magnitude", density, ("prune_ft", r))
+    record_event(run, r, masks, planned, density, method=method.name, variant="prune_ft", step=0)
+    steps = int(method.schedule.finetune_steps)
+
+    def row_extra(result: TrainResult) -> dict[str, Any]:
+        ft = train_flops(run, model, r, "prune_ft", steps)
+        full = ft["train_flops"] / ft["train_flops_ratio"] if ft["train_flops_ratio"] else 0.0  # dense training
+        return {"train_flops": ft["train_flops"] + full, "train_flops_ratio": round(ft["train_flops_ratio"] + 1, 6),
+                "itop": round(masks.density(), 6)}
+
+    run.train_arm(key, model, masks, r, "prune_ft", target_density=density, steps=steps, row_extra=row_extra)
+    run.writer.save(f"masks/round_{r:02d}_prune_ft.pt", masks.state_dict())
+
+
 def _arm(run: Run, r: int, density: float, variant: str, steps: int) -> None:
     """Train one arm of level ``r`` (``variant``: a key of ARMS, ``gmp``, or ``<arm>_<f>x``)."""
     sched, method = run.cfg.method.schedule, run.cfg.method
@@ -230,14 +256,16 @@ def _arm(run: Run, r: int, density: float, variant: str, steps: int) -> None:
 def run_dynamic(run: Run) -> None:
     """Dense (optional), then at each level every variant, every long variant and the small-dense control."""
     sched, method = run.cfg.method.schedule, run.cfg.method
-    if sched.dense:
-        dense_baseline(run, extra={"train_flops_ratio": 1.0})
+    dense = dense_baseline(run, extra={"train_flops_ratio": 1.0}) if sched.dense else None
     steps = int(run.cfg.train.steps)
     factor = float(sched.long_factor or 2)
     for i, density in enumerate(levels(sched)):
         r = i + 1
         for variant in sched.variants:
-            _arm(run, r, density, variant, steps)
+            if variant == "prune_ft":
+                _prune_finetune(run, r, density, dense)
+            else:
+                _arm(run, r, density, variant, steps)
         for variant in sched.long_variants or ():
             _arm(run, r, density, f"{variant}_{factor:g}x", max(1, round(factor * steps)))
         if "small_dense" in method.controls.variants:
@@ -271,6 +299,11 @@ def validate(cfg: Any) -> None:
         number(s.long_factor, "method.schedule.long_factor", lo=1, lo_open=False)
     if "gmp" in variants:
         number(s.start_step, "method.schedule.start_step", lo=0, hi=t_end_of(cfg, steps) - 1, integer=True)
+    if "prune_ft" in variants:
+        if not s.dense:
+            raise ConfigError("method.schedule.dense", "got false; variant prune_ft prunes the trained dense model: "
+                                                       "set it to true")
+        number(s.finetune_steps, "method.schedule.finetune_steps", lo=1, integer=True)
 
 
 METHOD = Method(kind="dynamic", run=run_dynamic, validate=validate, controls=("small_dense",),

@@ -1,7 +1,7 @@
 """``python -m sparse_run.models``: every shipped model config with its prunable weight count.
 
-Counts are of the weights the default layer policy selects (linear, conv and RNN weight
-matrices; biases and BatchNorm never) on each model's reference input; docs/models.md's table is
+Counts are of the weights the layer policy can select (linear, conv and RNN weight matrices,
+embedding tables; biases and BatchNorm never) on each model's reference input; docs/models.md's table is
 this output.
 """
 from __future__ import annotations
@@ -12,6 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from sparse_run import models
+from sparse_run.config.schema import ModelConfig
 from sparse_run.data.spec import DataSpec
 from sparse_run.sparsity import prunable
 
@@ -20,38 +21,43 @@ REFERENCE = {  # the input each model is counted on
     "vgg": DataSpec("cifar10", (3, 32, 32), 10), "resnet": DataSpec("cifar10", (3, 32, 32), 10),
     "mobilenet_v2": DataSpec("cifar10", (3, 32, 32), 10),
     "rnn": DataSpec("reber", (53,), 2, kind="tokens", vocab_size=8),
+    "mf": DataSpec("implicit_synth", (2,), 2, kind="interactions", num_users=2000, num_items=1000),
 }
-POLICY = OmegaConf.create({"layers": ["linear", "conv", "rnn"], "prune_first": True, "prune_last": True,
+POLICY = OmegaConf.create({"layers": ["linear", "conv", "rnn", "embedding"], "prune_first": True, "prune_last": True,
                            "exclude": [], "last_rate_scale": 1.0})
 
 
 def counts(cfg, spec: DataSpec) -> dict[str, int]:
     """``{"linear": n, "conv": n, "rnn": n}`` prunable weights of ``cfg`` built for ``spec``."""
     model = models.build(cfg, spec, seed=0)
-    out = {"linear": 0, "conv": 0, "rnn": 0}
+    out = {"linear": 0, "conv": 0, "rnn": 0, "embedding": 0}
     mods = dict(model.named_modules())
     for name, p in prunable(model, POLICY).items():
         mod = mods[name.rsplit(".", 1)[0]] if "." in name else model
-        kind = "rnn" if isinstance(mod, torch.nn.RNNBase) else "conv" if p.ndim > 2 else "linear"
+        kind = ("rnn" if isinstance(mod, torch.nn.RNNBase) else "embedding" if isinstance(mod, torch.nn.Embedding)
+                else "conv" if p.ndim > 2 else "linear")
         out[kind] += p.numel()
     return out
 
 
 def main() -> None:
     root = resources.files("sparse_run.conf").joinpath("model")
-    print("| model | input | prunable weights | conv | linear | rnn |\n|---|---|---|---|---|---|")
+    print("| model | input | prunable weights | conv | linear | rnn | embedding |\n|---|---|---|---|---|---|---|")
     for f in sorted(root.iterdir(), key=lambda f: f.name):
         if not f.name.endswith(".yaml"):
             continue
-        cfg = OmegaConf.create(f.read_text())
+        raw = OmegaConf.create(f.read_text())
+        raw.pop("defaults", None)
+        cfg = OmegaConf.merge(OmegaConf.structured(ModelConfig), raw)  # the schema's defaults (width ...)
         spec = REFERENCE.get(cfg.arch)
         if spec is None:
             continue
         if cfg.name == "lenet5":
             spec = REFERENCE["mlp"]
         c = counts(cfg, spec)
-        print(f"| `{cfg.name}` | {spec.name} {list(spec.input_shape)} | {sum(c.values()):,} | {c['conv']:,} | "
-              f"{c['linear']:,} | {c['rnn']:,} |")
+        total = c["conv"] + c["linear"] + c["rnn"] or c["embedding"]  # embeddings count only where alone (mf)
+        print(f"| `{cfg.name}` | {spec.name} {list(spec.input_shape)} | {total:,} | {c['conv']:,} | "
+              f"{c['linear']:,} | {c['rnn']:,} | {c['embedding']:,} |")
 
 
 if __name__ == "__main__":

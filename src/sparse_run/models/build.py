@@ -15,7 +15,7 @@ from torch import nn
 from sparse_run.config import ConfigError, choice
 from sparse_run.data.spec import DataSpec
 
-from . import convnets, mobilenet, resnet, rnn
+from . import convnets, mf, mobilenet, resnet, rnn
 
 INITS: dict[str, Callable[[torch.Tensor], Any] | None] = {
     "default": None,  # keep PyTorch's per-module init (e.g. U(±1/√H) for RNNs, as the sparse-RNN thesis)
@@ -57,6 +57,7 @@ ARCHS: dict[str, Callable[[Any, DataSpec], nn.Module]] = {
     "resnet": resnet.resnet,                # CIFAR ResNet-20 / 56 with BatchNorm
     "mobilenet_v2": mobilenet.mobilenet_v2,  # torchvision, width multiplier, no pretrained weights
     "rnn": rnn.rnn,                         # tanh / relu / gru / lstm over sequences or tokens
+    "mf": mf.mf,                            # matrix factorisation over (user, item) interactions
 }
 
 
@@ -82,6 +83,9 @@ def build(cfg: Any, spec: DataSpec, seed: int) -> nn.Module:
     choice(cfg.init, "model.init", INITS)
     if float(cfg.width) <= 0:
         raise ConfigError("model.width", f"got {cfg.width}; must be > 0")
+    if spec.kind == "interactions" and cfg.arch != "mf":
+        raise ConfigError("model.arch", f"got {cfg.arch!r}; dataset {spec.name} gives (user, item) interactions: "
+                                        "allowed: mf")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = ARCHS[cfg.arch](cfg, spec)

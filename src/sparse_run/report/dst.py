@@ -19,18 +19,19 @@ import pandas as pd  # noqa: E402
 from .claims import t_interval  # noqa: E402
 from .plot import save_figure  # noqa: E402
 
-ARMS = ("static", "set", "rigl", "snfs", "gmp", "rigl_2x", "small_dense")
+ARMS = ("static", "set", "rigl", "snfs", "dsl", "gmp", "prune_ft", "rigl_2x", "small_dense")
 COLORS = {"static": "tab:gray", "set": "tab:orange", "rigl": "tab:blue", "snfs": "tab:green", "gmp": "tab:red",
-          "rigl_2x": "tab:purple", "small_dense": "tab:brown"}
+          "rigl_2x": "tab:purple", "small_dense": "tab:brown", "dsl": "tab:blue", "prune_ft": "tab:red"}
 LABELS = {"static": "static sparse", "set": "SET", "rigl": "RigL", "snfs": "SNFS (sparse momentum)",
-          "gmp": "GMP (prune from dense)", "rigl_2x": "RigL, 2x steps", "small_dense": "small dense (equal nnz)"}
-PAIRS = (("rigl", "static"), ("rigl", "set"))
+          "gmp": "GMP (prune from dense)", "rigl_2x": "RigL, 2x steps", "small_dense": "small dense (equal nnz)",
+          "dsl": "DSL", "prune_ft": "dense → prune → fine-tune"}
+PAIRS = (("rigl", "static"), ("rigl", "set"), ("dsl", "static"), ("dsl", "prune_ft"))
 METRIC = "test_acc"
 
 
 def is_dst(df: pd.DataFrame) -> bool:
     """Rows of a dynamic-sparse-training run (its arms' variant names)."""
-    return "variant" in df and bool({"set", "rigl", "snfs"} & set(df.variant.astype(str)))
+    return "variant" in df and bool({"set", "rigl", "snfs", "dsl"} & set(df.variant.astype(str)))
 
 
 def _order(variants: list[str]) -> list[str]:
@@ -49,6 +50,12 @@ def _label(v: str) -> str:
 def _levels(df: pd.DataFrame) -> list[float]:
     arms = df[df.variant != "dense"]
     return sorted({round(float(d), 6) for d in arms.target_density.dropna()}, reverse=True)
+
+
+def _metric(df: pd.DataFrame) -> str:
+    """What ``test_acc`` holds: accuracy, or Recall@20 on ranking data (rows with ``test_ndcg``)."""
+    ranking = "test_ndcg" in df and df.test_ndcg.notna().any()
+    return "final test Recall@20 (%)" if ranking else "final test accuracy (%)"
 
 
 def _sparsity_axis(ax: plt.Axes, levels: list[float]) -> None:
@@ -82,7 +89,7 @@ def paired(df: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
 
 def accuracy_figure(df: pd.DataFrame, out: Path, title: str) -> Path:
     """Left: final test accuracy per arm vs sparsity (mean ± std over seeds; dense as a line). Right: paired
-    RigL − static and RigL − SET per level with 95 % t-intervals."""
+    RigL − static and RigL − SET (DSL − static, DSL − prune → fine-tune) per level with 95 % t-intervals."""
     levels = _levels(df)
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.6))
     dense = df[df.variant == "dense"][METRIC] * 100
@@ -97,15 +104,15 @@ def accuracy_figure(df: pd.DataFrame, out: Path, title: str) -> Path:
         ax.errorbar(xs, g["mean"] * 100, yerr=g["std"].fillna(0) * 100, fmt="o-", ms=4, lw=1, capsize=2,
                     color=_color(v), label=f"{_label(v)} (n={int(g['size'].max()) if len(g) else 0})")
     _sparsity_axis(ax, levels)
-    ax.set_ylabel("final test accuracy (%)")
+    ax.set_ylabel(_metric(df))
     ax.legend(fontsize=7, loc="lower left")
-    for j, (a, b) in enumerate(PAIRS):
+    for j, (a, b) in enumerate(pr for pr in PAIRS if {*pr} <= set(df.variant)):
         p = paired(df, a, b)
         if p.empty:
             continue
         xs = [levels.index(lv) + (j - 0.5) * 0.2 for lv in p.level]
         bx.errorbar(xs, p.mean_pp, yerr=[p.mean_pp - p.lo, p.hi - p.mean_pp], fmt="o", capsize=3,
-                    color=_color(b), label=f"RigL − {_label(b)} (n={int(p.n.max())})")
+                    color=_color(b), label=f"{_label(a)} − {_label(b)} (n={int(p.n.max())})")
     bx.axhline(0, color="black", lw=0.8)
     _sparsity_axis(bx, levels)
     bx.set_ylabel("paired difference (pp), 95 % t-interval")
@@ -134,7 +141,7 @@ def flops_figure(df: pd.DataFrame, out: Path, title: str) -> Path | None:
         ax.plot([], [], markers[i % len(markers)], color="gray", mfc="none", label=f"{100 * (1 - lv):g} % sparse")
     ax.set_xscale("log")
     ax.set_xlabel("training FLOPs relative to dense training (analytic)")
-    ax.set_ylabel("final test accuracy (%)")
+    ax.set_ylabel(_metric(df))
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="lower right", ncol=2)
     return _save(fig, out, title, df)
@@ -198,7 +205,7 @@ def delta_t_figure(df: pd.DataFrame, out: Path, title: str) -> Path | None:
         ax.set_xlabel("ΔT: steps between mask updates")
         ax.set_title(f"{100 * (1 - lv):g} % sparse", fontsize=9)
         ax.grid(True, alpha=0.3)
-    axes[0][0].set_ylabel("final test accuracy (%), 95 % t-interval")
+    axes[0][0].set_ylabel(_metric(df).replace(" (%)", " (%), 95 % t-interval"))
     axes[0][0].legend(fontsize=7)
     return _save(fig, out, title, df)
 

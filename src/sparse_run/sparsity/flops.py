@@ -40,7 +40,10 @@ class LayerCost:
 
 
 def layer_macs(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerCost]:
-    """Per-example MACs of every Linear / Conv weight, in execution order (one forward of one example)."""
+    """Per-example MACs of every Linear / Conv weight, in execution order (one forward of one example); a model
+    that is no stack of GEMMs states its own (``layer_costs()``: matrix factorisation's embedding tables)."""
+    if hasattr(model, "layer_costs"):
+        return [LayerCost(name, int(macs)) for name, macs in model.layer_costs().items()]
     costs: list[LayerCost] = []
     names = {m: n for n, m in model.named_modules()}
 

@@ -163,3 +163,13 @@ def test_mobilenet_v2_width_and_stem_follow_the_config():
     assert stem.in_channels == 1 and stem.stride == (1, 1) and stem.out_channels == 16  # 32 × 0.5
     x, _ = batch(MNIST)
     assert model(x).shape == (3, 10)
+
+
+def test_the_model_table_command_prints_every_shipped_model(capsys):
+    from sparse_run.models.__main__ import main
+
+    main()
+    out = capsys.readouterr().out
+    assert "| `lenet_300_100` | mnist [1, 28, 28] | 266,200 | 0 | 266,200 | 0 | 0 |" in out
+    assert "| `mf_bpr` | implicit_synth [2] | 192,000 | 0 | 0 | 0 | 192,000 |" in out
+    assert "| `rnn` | reber [53] | 60,100 | 0 | 100 | 60,000 | 400 |" in out
