@@ -16,6 +16,7 @@ pruned weights are re-checked to be exactly zero; after writing, the export is l
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -59,13 +60,17 @@ def export(run_dir: Path, fmt: str, out: Path | None = None) -> Path:
     """Write ``fmt`` of ``run_dir``'s final model; return the folder. Raises if the round trip fails."""
     run_dir = Path(run_dir)
     cfg, model, masks, spec, sample = _final(run_dir)
+    if fmt != "masked":  # the compressed formats execute Linear / Conv layers; an embedding table has no such form
+        odd = [n for n in masks.masks if not isinstance(model.get_submodule(module_of(n)), (nn.Linear, nn.Conv2d))]
+        if odd:
+            raise ValueError(f"format {fmt}: {', '.join(odd)} are not Linear / Conv weights; allowed for this "
+                             "model: masked")
     out = Path(out or run_dir / "export" / fmt)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     tensors: dict[str, torch.Tensor] = {f"mask::{n}": m.contiguous() for n, m in masks.masks.items()}
     meta: dict[str, Any] = {"format": fmt, "config": OmegaConf.to_container(cfg, resolve=True),
-                            "spec": {"name": spec.name, "input_shape": list(spec.input_shape),
-                                     "num_classes": spec.num_classes},
+                            "spec": {**dataclasses.asdict(spec), "input_shape": list(spec.input_shape)},
                             "masked": {n: list(m.shape) for n, m in masks.masks.items()}}
     if fmt == "masked":
         tensors.update(state)
@@ -114,7 +119,9 @@ def load(folder: Path, *, semi_structured: bool = False) -> nn.Module:
     meta = json.loads((folder / "model.json").read_text())
     tensors = load_file(str(folder / "model.safetensors"))
     cfg = OmegaConf.create(meta["config"])
-    spec = DataSpec(meta["spec"]["name"], tuple(meta["spec"]["input_shape"]), meta["spec"]["num_classes"])
+    known = {f.name for f in dataclasses.fields(DataSpec)}  # older exports hold name, input_shape, num_classes only
+    spec = DataSpec(**{**{k: v for k, v in meta["spec"].items() if k in known},
+                       "input_shape": tuple(meta["spec"]["input_shape"])})
     model = models.build(cfg.model, spec, 0).eval()
     fmt = meta["format"]
     params = {k: v for k, v in tensors.items() if "::" not in k}

@@ -123,3 +123,15 @@ def test_mismatched_model_data_or_arms_are_one_line_errors(tmp_path, overrides, 
                    timeout=120)
     err = proc.stderr.strip()
     assert proc.returncode == 2 and len(err.splitlines()) == 1 and re.match(r"^error: " + message[1:], err), err
+
+
+def test_dynamic_models_export_with_their_zeros_and_embeddings_refuse_compressed_formats(dst_run, dsl_run):
+    from sparse_run.export import export, load
+
+    out = export(dst_run, "csr")  # raises unless the loaded CSR model computes what the masked model computes
+    assert (out / "model.safetensors").exists()
+    out = export(dsl_run, "masked")
+    model = load(out)
+    assert hasattr(model, "all_scores") and (model.user.weight == 0).float().mean() > 0.5
+    with pytest.raises(ValueError, match="format csr: user.weight, item.weight are not Linear / Conv weights"):
+        export(dsl_run, "csr")
