@@ -43,7 +43,7 @@ def test_dst_smoke_writes_every_arm_with_exact_counts(dst_run):
             else:
                 assert counts.equals(start), (variant, r, step)
         assert ev[ev.step > 0].swapped.notna().all() and (ev.zeta.dropna() <= 0.3).all()
-    for fig in ("dst_accuracy", "dst_flops", "dst_itop"):
+    for fig in ("dst_accuracy", "dst_flops", "dst_itop", "dst_swaps"):
         assert (dst_run / "figures" / f"{fig}.png").stat().st_size > 10_000
 
 

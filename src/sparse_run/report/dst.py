@@ -1,6 +1,7 @@
 """Figures of dynamic sparse training (``schedule.kind=dynamic``): accuracy per arm vs sparsity with the paired
 RigL − static / RigL − SET differences, accuracy vs training FLOPs, the in-time over-parameterisation rate over
-training, and accuracy vs ΔT when the runs differ in ``method.schedule.every_steps``.
+training, weights moved per update against ζ_t, and accuracy vs ΔT when the runs differ in
+``method.schedule.every_steps``.
 
 Differences are paired by seed inside one run (every arm of a level shares θ0, its starting mask and the data
 order) and shown with a 95 % Student-t interval over seeds; with one seed the point has no interval.
@@ -180,6 +181,45 @@ def itop_figure(df: pd.DataFrame, out: Path, title: str) -> Path | None:
     return _save(fig, out, title, df)
 
 
+def _layers(df: pd.DataFrame) -> pd.DataFrame:
+    frames = []
+    for run_dir in df.run_dir.dropna().unique() if "run_dir" in df else []:
+        f = Path(run_dir) / "layers.csv"
+        if f.exists():
+            frames.append(pd.read_csv(f).assign(run_dir=run_dir))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def swaps_figure(df: pd.DataFrame, out: Path, title: str) -> Path | None:
+    """Weights moved at each update as a share of the active ones, per updating arm and level (mean over seeds),
+    against ζ_t: a swap is a newly grown weight, so the share is at most ζ_t (a dropped weight regrown at once is
+    not a swap). From ``layers.csv``."""
+    lay = _layers(df)
+    if lay.empty or "swapped" not in lay or lay.swapped.isna().all():
+        return None
+    ev = lay[lay.step > 0].dropna(subset=["swapped"])
+    ev = ev.groupby(["run_dir", "variant", "round", "step"]).agg(
+        swapped=("swapped", "sum"), active=("nonzeros", "sum"), zeta=("zeta", "first"), d=("total_target_density",
+                                                                                           "first")).reset_index()
+    levels = [lv for lv in _levels(df) if lv in set(ev.d.round(6))]
+    fig, axes = plt.subplots(1, max(1, len(levels)), figsize=(4.2 * max(1, len(levels)), 3.8), squeeze=False)
+    for ax, lv in zip(axes[0], levels):
+        sub = ev[ev.d.round(6) == lv]
+        for v in _order(sorted(set(sub.variant))):
+            g = sub[sub.variant == v].assign(share=lambda e: e.swapped / e.active).groupby("step").share.mean()
+            ax.plot(g.index, g.values * 100, color=_color(v), marker=".", ms=3, lw=1, label=_label(v))
+        # ζ_t of each training length (a long arm has its own T_end): one dashed line per length
+        for i, (_, z) in enumerate(sub.groupby(sub.groupby("variant").step.transform("max"))):
+            z = z.groupby("step").zeta.first()
+            ax.plot(z.index, z.values * 100, color="black", ls="--", lw=1, label="ζ_t (drop fraction)" if not i else None)
+        ax.set_title(f"{100 * (1 - lv):g} % sparse", fontsize=9)
+        ax.set_xlabel("step")
+        ax.grid(True, alpha=0.3)
+    axes[0][0].set_ylabel("weights moved per update (% of active)")
+    axes[0][0].legend(fontsize=7)
+    return _save(fig, out, title, df)
+
+
 def delta_t_figure(df: pd.DataFrame, out: Path, title: str) -> Path | None:
     """Final test accuracy vs ΔT (``delta_t``) per updating arm and level: mean with a 95 % t-interval over seeds,
     static as a reference line."""
@@ -227,5 +267,6 @@ def figures(df: pd.DataFrame, stem: str, title: str) -> list[Path]:
     else:
         made = [accuracy_figure(df, Path(f"{stem}dst_accuracy.png"), title),
                 flops_figure(df, Path(f"{stem}dst_flops.png"), title),
-                itop_figure(df, Path(f"{stem}dst_itop.png"), title)]
+                itop_figure(df, Path(f"{stem}dst_itop.png"), title),
+                swaps_figure(df, Path(f"{stem}dst_swaps.png"), title)]
     return [m for m in made if m is not None]
