@@ -50,7 +50,7 @@ def check_config(cfg: Any, lockstep: tuple[str, ...]) -> None:
     if k == 1:
         return
     kind = cfg.method.schedule.kind
-    if cfg.dataset.layout == "interactions":
+    if OmegaConf.select(cfg, "dataset.layout") == "interactions":
         raise ConfigError("train.replicates", f"got {k} with dataset.layout=interactions; ranking data trains "
                                               "single runs only (use seed=0,1,2 --multirun)")
     if kind not in lockstep:

@@ -49,7 +49,7 @@ class StepHook(Protocol):
 
     Optional, found by ``hasattr``: ``eval_metrics(step) -> dict`` adds to each evaluation record
     (N:M: ``sad``, ``sad_cum``); ``state_dict()`` / ``load_state_dict(state)`` carry the hook's own
-    state through checkpoints, so a resumed run continues bit for bit; ``attach(optimizer)`` is called
+    state through checkpoints, so a resumed run continues bit for bit; ``bind_optimizer(optimizer)`` is called
     once the optimizer exists (and holds any resumed state), for hooks that zero the state of weights
     they grow; ``before_step(step, model, masks) -> bool`` runs after the backward pass, while the
     gradients are still dense (``step`` counts steps done), and returning True skips this step's
@@ -210,8 +210,8 @@ def run(lanes: Sequence[Lane], data: DataBundle, tcfg: Any, build: Callable[[], 
     pre = [h for lane in lanes for h in lane.hooks or () if hasattr(h, "before_step")]
     for lane in lanes:
         for hook in lane.hooks or ():
-            if hasattr(hook, "attach"):
-                hook.attach(st.sched.optimizer)
+            if hasattr(hook, "bind_optimizer"):
+                hook.bind_optimizer(st.sched.optimizer)
     # Masked gradients keep pruned weights exactly zero under every optimizer here (their moments
     # and momenta stay zero, weight decay of zero is zero), so the weights need re-masking after a
     # step only when a hook may change the masks mid-run: a newly pruned weight still carries

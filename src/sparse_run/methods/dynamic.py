@@ -69,7 +69,7 @@ def t_end_of(cfg: Any, steps: int) -> int:
 
 
 class DynamicHook:
-    """The step hook of one SET / RigL / SNFS arm (``loop.StepHook`` with ``before_step`` and ``attach``)."""
+    """The step hook of one SET / RigL / SNFS arm (``loop.StepHook`` with ``before_step`` and ``bind_optimizer``)."""
 
     def __init__(self, arm: Arm, variant: str, seed: int, *, zeta0: float, delta_t: int, t_end: int, beta: float,
                  masks: MaskSet, on_update: Callable[[int, float, dict[str, int]], None]):
@@ -84,7 +84,7 @@ class DynamicHook:
         self.swapped = 0
         self.checked = arm.grow not in ("gradient", "momentum")
 
-    def attach(self, optimizer: torch.optim.Optimizer) -> None:
+    def bind_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         self.opt = optimizer
 
     def _check_gradients(self, masks: MaskSet) -> None:
