@@ -33,7 +33,7 @@ import torch
 
 from sparse_run.config import ConfigError, choice, number
 from sparse_run.engine.run import Run, record_event
-from sparse_run.engine.train import TrainResult
+from sparse_run.engine.train import TrainResult, zero_pruned_state
 from sparse_run.sparsity import MaskSet, levels
 from sparse_run.sparsity import dynamic as dst
 from sparse_run.sparsity.flops import dense_train_flops, layer_macs, timeline_flops
@@ -134,10 +134,7 @@ class DynamicHook:
                 dst.zero_grown(p, u.grown, self.opt)
         masks.set(new)
         if self.opt is not None:
-            for _, p, m in masks:  # dropped weights lose their momentum / moments
-                for v in self.opt.state.get(p, {}).values():
-                    if torch.is_tensor(v) and v.shape == p.shape:
-                        v.mul_(m)
+            zero_pruned_state(self.opt, masks)  # dropped weights lose their momentum / moments
         for n, m in new.items():
             self.union[n] |= m.to(self.union[n].device)
         self.updates += 1

@@ -148,19 +148,21 @@ def flops_figure(df: pd.DataFrame, out: Path, title: str) -> Path | None:
     return _save(fig, out, title, df)
 
 
-def _metrics(df: pd.DataFrame) -> pd.DataFrame:
+def _run_files(df: pd.DataFrame, name: str) -> pd.DataFrame:
+    """``name`` (``metrics.jsonl`` or ``layers.csv``) of every run behind ``df``, with a ``run_dir`` column."""
     frames = []
     for run_dir in df.run_dir.dropna().unique() if "run_dir" in df else []:
-        f = Path(run_dir) / "metrics.jsonl"
+        f = Path(run_dir) / name
         if f.exists():
-            recs = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-            frames.append(pd.DataFrame(recs).assign(run_dir=run_dir))
+            part = (pd.DataFrame([json.loads(line) for line in f.read_text().splitlines() if line.strip()])
+                    if name.endswith(".jsonl") else pd.read_csv(f))
+            frames.append(part.assign(run_dir=run_dir))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def itop_figure(df: pd.DataFrame, out: Path, title: str) -> Path | None:
     """R_s = |∪_t mask_t| / N over training for every updating arm, one panel per level (mean over seeds)."""
-    m = _metrics(df)
+    m = _run_files(df, "metrics.jsonl")
     if m.empty or "itop" not in m or m.itop.isna().all():
         return None
     m = m[m.itop.notna()].merge(df[["run_dir", "round", "variant", "target_density"]].drop_duplicates(),
@@ -181,20 +183,11 @@ def itop_figure(df: pd.DataFrame, out: Path, title: str) -> Path | None:
     return _save(fig, out, title, df)
 
 
-def _layers(df: pd.DataFrame) -> pd.DataFrame:
-    frames = []
-    for run_dir in df.run_dir.dropna().unique() if "run_dir" in df else []:
-        f = Path(run_dir) / "layers.csv"
-        if f.exists():
-            frames.append(pd.read_csv(f).assign(run_dir=run_dir))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
 def swaps_figure(df: pd.DataFrame, out: Path, title: str) -> Path | None:
     """Weights moved at each update as a share of the active ones, per updating arm and level (mean over seeds),
     against ζ_t: a swap is a newly grown weight, so the share is at most ζ_t (a dropped weight regrown at once is
     not a swap). From ``layers.csv``."""
-    lay = _layers(df)
+    lay = _run_files(df, "layers.csv")
     if lay.empty or "swapped" not in lay or lay.swapped.isna().all():
         return None
     ev = lay[lay.step > 0].dropna(subset=["swapped"])
