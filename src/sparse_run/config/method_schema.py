@@ -29,12 +29,13 @@ class SelectionConfig:
 class ScheduleConfig:
     """``method.schedule``: when and how much is pruned; ``kind`` picks the method module (methods.REGISTRY)."""
 
-    kind: str = key(MISSING, "none | iterative | oneshot | at_init | gradual | dynamic | nm | nm_compare | kernel_study | "
-                             "graph_rnn")
-    rounds: Optional[int] = key(None, "iterative: pruning rounds after the dense round 0")
-    rate: Optional[float] = key(None, "iterative: fraction of surviving weights removed per round")
+    kind: str = key(MISSING, "none | iterative | oneshot | at_init | gradual | dynamic | sharing | random_search | nm | "
+                             "nm_compare | kernel_study | graph_rnn")
+    rounds: Optional[int] = key(None, "iterative: pruning rounds after the dense round 0; sharing: LTR rounds (null: none)")
+    rate: Optional[float] = key(None, "iterative, sharing (LTR): fraction of surviving weights removed per round")
     rewind: Optional[str] = key(None, "iterative: init | step | none: where survivors return after each round")
-    rewind_step: Optional[int] = key(None, "iterative, rewind=step: the iteration whose state survivors return to")
+    rewind_step: Optional[int] = key(None, "iterative (rewind=step), sharing (LTR): the iteration whose state "
+                                           "survivors return to")
     rewinds: Optional[list[str]] = key(None, "iterative: several rewinds, one chain each sharing round 0")
     initial_sparsity: Optional[float] = key(None, "gradual: s_i, the sparsity at start_step")
     final_sparsity: Any = key(None, "gradual: s_f, a number or a list (one arm each)")
@@ -46,6 +47,11 @@ class ScheduleConfig:
     long_variants: Optional[list[str]] = key(None, "dynamic: arms also trained for long_factor × train.steps (rigl_2x)")
     long_factor: Optional[float] = key(None, "dynamic: the training-length multiplier of long_variants (>= 1)")
     dense: Optional[bool] = key(None, "gradual, at_init, dynamic: also train the dense baseline (round 0)")
+    compressions: Optional[list[float]] = key(None, "sharing: shareable weights per trained parameter (>= 1), one "
+                                                    "level each")
+    init_stds: Optional[list[float]] = key(None, "sharing: std of the shared array z at init, one arm each")
+    index_cache: Optional[bool] = key(None, "sharing: keep each weight's slot (int32) and sign (int8), 5 bytes a weight, "
+                                            "instead of hashing them every pass (~8x slower steps on CPU)")
     densities: Optional[list[float]] = key(None, "at_init, oneshot, dynamic: fractions kept, one arm per level")
     sparsities: Optional[list[float]] = key(None, "at_init, oneshot, dynamic: or the fractions removed")
     finetune_steps: Optional[int] = key(None, "oneshot, dynamic (prune_ft): fine-tuning steps after pruning each level")
@@ -55,7 +61,8 @@ class ScheduleConfig:
     decay: Optional[float] = key(None, "nm, nm_compare: λ_W of SR-STE (also bdwp; ste uses 0)")
     patterns: Optional[list[str]] = key(None, "nm_compare: the 'N:M' patterns compared")
     variants: Optional[list[str]] = key(None, "nm_compare: the variants run at every pattern; dynamic: the arms run "
-                                              "at every level, static | set | rigl | snfs | dsl | gmp | prune_ft")
+                                              "at every level, static | set | rigl | snfs | dsl | gmp | prune_ft; "
+                                              "sharing: stable_rps | roast | hashed_net (+ _gs / _nogs)")
     bdwp_patterns: Optional[list[str]] = key(None, "nm_compare: the patterns bdwp runs at")
     repeats: Optional[int] = key(None, "nm_compare: paired seeds for every arm (seed, +1, ...)")
     dense_repeats: Optional[int] = key(None, "nm_compare: dense seeds for the noise band")

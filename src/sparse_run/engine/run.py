@@ -175,10 +175,31 @@ class Run:
                **(row_extra(result) if row_extra else {})}
         if save_as:
             self.writer.save(save_as, {"model": model.state_dict(), "masks": masks.state_dict()})
-        self.writer.add(row, result.history, ctx)
+        self._finish_arm(key, row, result.history, ctx)
+        return result
+
+    def _finish_arm(self, key: str, row: dict[str, Any], history: list[dict[str, Any]], ctx: dict[str, Any]) -> None:
+        self.writer.add(row, history, ctx)
         self.log.log_row(row)
         self.done.add(key)
         self.save_progress()
+        inflight = self.dir / INFLIGHT
         if inflight.exists():
             inflight.unlink()
-        return result
+
+    def record_diverged(self, key: str, masks: MaskSet, round_: int, variant: str, *, target_density: float,
+                        error: str, method: str | None = None, extra: dict[str, Any] | None = None) -> None:
+        """Record an arm whose loss became NaN / infinite (``Diverged``) as one that learned nothing: its accuracy
+        is what a constant prediction scores (the majority class's share of the test / validation labels),
+        ``status`` is ``diverged`` and ``diverged_at`` names the step. A study of stability (parameter sharing's
+        init std) needs the failure in its table, not a missing row or an aborted run."""
+        def majority(y: torch.Tensor) -> float:
+            return float(torch.bincount(y.flatten().long()).max()) / y.numel()
+
+        ctx = self.context(round_, variant, method)
+        row = {**ctx, "target_density": target_density, "density": masks.density(), "nonzeros": masks.nonzeros(),
+               "prunable": masks.numel(), "test_acc": majority(self.data.test_y), "early_stop_step": None,
+               "test_acc_at_early_stop": None, "val_acc": majority(self.data.val_y), "steps": None, "wall_s": None,
+               "status": "diverged", "diverged_at": error, **(extra or {})}
+        print(f"sparse-run: {key} diverged ({error}); recorded at the majority-class accuracy, status diverged")
+        self._finish_arm(key, row, [], ctx)

@@ -19,7 +19,7 @@ from sparse_run.sparsity.patterns import PATTERNS
 from sparse_run.sparsity.patterns import validate_method as validate_pattern
 from sparse_run.studies import graph_rnn, kernel_study
 
-from . import at_init, dense, dynamic, gradual, iterative, nm, oneshot
+from . import at_init, dense, dynamic, gradual, iterative, nm, oneshot, sharing
 from .base import Method
 
 REGISTRY: dict[str, Method] = {m.kind: m for m in (
@@ -29,6 +29,7 @@ REGISTRY: dict[str, Method] = {m.kind: m for m in (
     at_init.METHOD,
     gradual.METHOD,
     dynamic.METHOD,
+    sharing.METHOD,
     nm.METHOD,
     nm.COMPARE,
     # studies: kinds that are not pruning schedules

@@ -2,7 +2,7 @@
 methods), accuracy vs non-zeros, and the PNG + PDF + JSON sidecar every figure is saved as.
 
 ``run_figures(run_dir, figures)`` draws what the run's method declares (``Method.figures``: ``levels``,
-``nm``, ``rnn``, ``none``); without a declaration (an older run) it is read off the summary's columns.
+``nm``, ``rnn``, ``dst``, ``sharing``, ``none``); without a declaration (an older run) it is read off the summary's columns.
 """
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ from .dst import is_dst  # noqa: E402
 from .nm import run_figures as nm_figures  # noqa: E402
 from .plot import _note_not_drawn, _pct_axis, _provenance, save_figure  # noqa: E402
 from .rnn import run_figures as rnn_figures  # noqa: E402
+from .sharing import figures as sharing_figures  # noqa: E402
+from .sharing import is_sharing  # noqa: E402
 
 STYLE = {"ticket": ("tab:blue", "o", "winning ticket (rewind)"),
          "reinit": ("tab:orange", "s", "random reinit (same mask)"),
@@ -167,6 +169,7 @@ def run_figures(run_dir: Path, figures: str | None = None) -> list[Path]:
         return []
     if figures is None:
         figures = ("nm" if "pattern" in df and df.pattern.notna().any() else "dst" if is_dst(df)
+                   else "sharing" if is_sharing(df)
                    else "rnn" if {"policy_arm", "graph_family"} & set(df.columns) else "levels")
     first = df.iloc[0]
     title = (f"{first.experiment}: {first.model} on {first.dataset}, method {first.method}, "
@@ -177,6 +180,8 @@ def run_figures(run_dir: Path, figures: str | None = None) -> list[Path]:
         return rnn_figures(Path(run_dir), df, title)
     if figures == "dst":  # dynamic sparse training: arms, paired differences, FLOPs, ITOP
         return dst_figures(df, f"{Path(run_dir) / 'figures'}/", title)
+    if figures == "sharing":  # parameter sharing vs pruning: accuracy vs compression, init std
+        return sharing_figures(df.assign(run_dir=str(run_dir)), f"{Path(run_dir) / 'figures'}/", title)
     out = Path(run_dir) / "figures" / "accuracy_vs_density.png"
     if compares_methods(df):
         return [method_comparison(df, out, title.replace(f"method {first.method}",

@@ -77,3 +77,102 @@ def test_bad_sizes_and_mappers_are_one_line_errors():
         sharing.random_fold(10, 0, seed=0)
     with pytest.raises(ConfigError, match=r"^method.sharing.mapper: got 'lsh'; allowed: random_fold, hashed_net, roast$"):
         sharing.mapper("lsh")
+
+
+# -- the shared array: W = s·G·z[h], gradient scaling, accounting ---------------------------------------------
+
+SHAPES = {"fc1.weight": (30, 20), "fc2.weight": (10, 30)}
+
+
+def _array(kind="random_fold", m=300, grad_scale=True, cache=False, std=0.04):
+    return sharing.SharedArray(SHAPES, m, kind, seed=7, init_std=std, scales={"fc1.weight": 0.2, "fc2.weight": 0.1},
+                               grad_scale=grad_scale, cache=cache)
+
+
+@pytest.mark.parametrize("kind", sharing.MAPPERS)
+def test_materialised_weight_is_s_times_sign_times_the_slot_it_reads(kind):
+    arr = _array(kind)
+    for s in arr.slices:
+        h, g, w = arr.index(s), arr.sign(s), arr.weight(s).detach()
+        assert torch.equal(w, arr.z.detach()[h] * g * s.scale)
+        assert set(g.unique().tolist()) <= {-1.0, 1.0}
+    assert arr.slices[0].scale == pytest.approx(0.2 / 0.04) and arr.slices[1].scale == pytest.approx(0.1 / 0.04)
+    fold = torch.cat([arr.index(s).flatten() for s in arr.slices]) if kind == "random_fold" else None
+    if fold is not None:  # the layers' slices of one global RandomFold
+        assert torch.equal(fold, sharing.random_fold(900, 300, seed=7))
+
+
+@pytest.mark.parametrize("kind", sharing.MAPPERS)
+def test_cached_maps_give_the_same_weights_as_computed_ones(kind):
+    a, b = _array(kind, cache=False), _array(kind, cache=True)
+    for s in a.slices:
+        assert torch.equal(a.weight(s), b.weight(s))
+    assert b.counts()["buffer_bytes"] - a.counts()["buffer_bytes"] == 900 * 5
+
+
+def test_scaled_gradient_matches_the_analytic_value():
+    """L = Σ_i W_i, so ∂L/∂z_j = Σ_{i→j} s_i G_i; scaled: that ÷ (1e-6 + Σ_{i→j} s_i²)."""
+    arr = _array("hashed_net", m=50)
+    h = torch.cat([arr.index(s).flatten() for s in arr.slices])
+    g = torch.cat([arr.sign(s).flatten() for s in arr.slices])
+    s = torch.cat([torch.full((sl.numel,), sl.scale) for sl in arr.slices])
+    sum(arr.weight(sl).sum() for sl in arr.slices).backward()
+    raw = torch.zeros(50).index_add_(0, h, s * g)
+    c = torch.zeros(50).index_add_(0, h, s * s)
+    assert torch.allclose(arr.z.grad, raw / (1e-6 + c), rtol=1e-5)
+    plain = _array("hashed_net", m=50, grad_scale=False)
+    sum(plain.weight(sl).sum() for sl in plain.slices).backward()
+    assert torch.allclose(plain.z.grad, raw, rtol=1e-5)
+
+
+def test_sgd_on_scaled_z_at_one_x_is_sgd_on_w_whatever_the_init_std():
+    """RandomFold at m = n with gradient scaling: one SGD step moves every W_i by −lr·∂L/∂W_i (times
+    s²/(1e-6 + s²), the guard's only trace)."""
+    for std in (0.004, 4.0):
+        arr = _array("random_fold", m=900, std=std)
+        target = torch.randn(900, generator=torch.Generator().manual_seed(0))
+        w0 = torch.cat([arr.weight(s).detach().flatten() for s in arr.slices])
+        loss = (torch.cat([arr.weight(s).flatten() for s in arr.slices]) * target).sum()
+        loss.backward()
+        with torch.no_grad():
+            arr.z -= 0.01 * arr.z.grad
+        w1 = torch.cat([arr.weight(s).detach().flatten() for s in arr.slices])
+        s2 = torch.cat([torch.full((sl.numel,), sl.scale ** 2) for sl in arr.slices])
+        assert torch.allclose(w1 - w0, -0.01 * target * s2 / (1e-6 + s2), atol=1e-6)  # the 1e-6 guard aside: −lr·t
+
+
+def test_attached_model_trains_only_z_and_biases_and_counts_are_exact():
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = torch.nn.Linear(20, 30), torch.nn.Linear(30, 10)
+
+        def forward(self, x):
+            return self.fc2(self.fc1(x).relu())
+
+    model = Net()
+    arr = _array("roast", m=90)
+    arr.attach(model)
+    names = {n for n, _ in model.named_parameters()}
+    assert names == {"shared.z", "fc1.bias", "fc2.bias"}
+    assert sum(p.numel() for p in model.parameters()) == 90 + 30 + 10
+    out = model(torch.randn(4, 20))
+    out.sum().backward()
+    assert model.shared.z.grad is not None and out.shape == (4, 10)
+    counts = arr.counts()
+    assert counts["shared_params"] == 90 and counts["shareable"] == 900
+    assert counts["buffer_bytes"] == sum(b.numel() * b.element_size() for b in arr.buffers())
+
+
+def test_bad_shared_arrays_are_one_line_errors():
+    with pytest.raises(ConfigError, match=r"^method.schedule.compressions: m = 1000 shared slots for n = 900"):
+        _array(m=1000)
+    with pytest.raises(ConfigError, match=r"^method.sharing.mapper: got 'cuckoo'; allowed: random_fold"):
+        _array("cuckoo")
+    with pytest.raises(ConfigError, match=r"^method.sharing.init_std: got 0"):
+        _array(std=0)
+    rnn = torch.nn.Module()
+    rnn.add_module("cell", torch.nn.GRU(4, 4))
+    arr = sharing.SharedArray({"cell.weight_ih_l0": (12, 4)}, 10, "roast", 0, 0.04, {"cell.weight_ih_l0": 0.1}, True)
+    with pytest.raises(ConfigError, match=r"^method.policy.layers: cell.weight_ih_l0 is no Linear"):
+        arr.attach(rnn)

@@ -1,0 +1,59 @@
+"""Parameter sharing against pruning end to end: ``experiment=rps_mnist budget=smoke`` (three compressions) writes
+every arm at exactly the trained-parameter count it reports, the accounting columns and the figures; bad settings
+are one line naming their field before any work."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from conftest import compose_cfg, run_cli
+from sparse_run.config import ConfigError
+from sparse_run.execute import effective
+
+LEVELS = "method.schedule.compressions=[1,10,100]"
+
+
+@pytest.fixture(scope="module")
+def rps_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rps")
+    run_cli("experiment=rps_mnist", "budget=smoke", "threads=1", "progress=false", LEVELS,
+            "method.schedule.rounds=2", "method.schedule.rate=0.9", f"paths.results_dir={root}")
+    return next((root / "rps_mnist").iterdir())
+
+
+def test_rps_smoke_trains_every_arm_at_its_parameter_count(rps_run):
+    s = pd.read_csv(rps_run / "summary.csv")
+    rps = s[s.variant.isin(["stable_rps", "roast", "hashed_net"])]
+    assert len(rps) == 9 and set(rps.mapper) == {"random_fold", "roast", "hashed_net"}
+    n = 784 * 300 + 300 * 100 + 100 * 10
+    assert (rps.shareable if "shareable" in rps else rps.prunable).eq(n).all()
+    assert (rps.shared_params == (n / rps.target_compression).round()).all()
+    assert (rps.trained_params == rps.shared_params + 300 + 100 + 10).all()  # z plus the unshared biases
+    assert (rps.unshared_params == 410).all() and (rps.nnz_params == rps.trained_params).all()
+    assert (rps[rps.variant == "stable_rps"].grad_scale_rule.str.startswith("c_j = sum of s^2")).all()
+    assert (rps[rps.variant != "stable_rps"].grad_scale_rule == "none").all()
+    at1 = rps[rps.target_compression == 1].set_index("variant").unused_slots
+    assert at1["stable_rps"] == 0 and at1["hashed_net"] == pytest.approx(0.368, abs=0.01)
+    crit = s[s.variant == "sparse"]
+    assert set(crit.method) == {"random", "magnitude", "snip", "grasp", "synflow"}
+    assert set(crit.target_compression) == {10, 100}  # at 1x pruning is the dense model
+    for c in (10, 100):  # pruning keeps as many shareable weights as RPS trains
+        assert (crit[crit.target_compression == c].nonzeros == round(n / c)).all()
+    assert (crit.trained_params == n + 410).all()  # a pruned model still trains (and stores) every weight
+    assert set(s[s.variant == "ticket"].method) == {"ltr"} and len(s[s.variant == "ticket"]) == 2
+    assert {"dense", "small_dense"} <= set(s.variant)
+    assert (rps_run / "figures" / "rps_accuracy.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("override, message", [
+    ("method.schedule.compressions=[0.5,10]", r"^method.schedule.compressions\[0\]: got 0.5"),
+    ("method.schedule.compressions=[]", r"^method.schedule.compressions: got \[\]"),
+    ("method.schedule.variants=[stable_rps,cuckoo]", r"^method.schedule.variants\[1\]: got 'cuckoo'.*stable_rps"),
+    ("method.schedule.init_stds=[0]", r"^method.schedule.init_stds\[0\]: got 0"),
+    ("method.policy.layers=[linear,rnn]", r"^method.policy.layers\[1\] \(schedule.kind=sharing shares\): got 'rnn'"),
+    ("method.schedule.rewind_step=99999", r"^method.schedule.rewind_step: got 99999"),
+], ids=["compression_below_one", "no_levels", "unknown_arm", "zero_std", "rnn_layers", "rewind_beyond_training"])
+def test_bad_sharing_settings_are_one_line_errors(override, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        effective(compose_cfg("experiment=rps_mnist", override), explicit=[override.split("=")[0]])
+    assert "\n" not in str(err.value)
