@@ -46,12 +46,22 @@ class ScheduleConfig:
     zeta0: Optional[float] = key(None, "dynamic: ζ0 in (0, 1], the drop fraction at step 0, cosine-decayed to 0 at T_end")
     long_variants: Optional[list[str]] = key(None, "dynamic: arms also trained for long_factor × train.steps (rigl_2x)")
     long_factor: Optional[float] = key(None, "dynamic: the training-length multiplier of long_variants (>= 1)")
-    dense: Optional[bool] = key(None, "gradual, at_init, dynamic: also train the dense baseline (round 0)")
+    dense: Optional[bool] = key(None, "gradual, at_init, dynamic, sharing, random_search: also train the dense "
+                                      "baseline (round 0)")
     compressions: Optional[list[float]] = key(None, "sharing: shareable weights per trained parameter (>= 1), one "
                                                     "level each")
     init_stds: Optional[list[float]] = key(None, "sharing: std of the shared array z at init, one arm each")
     index_cache: Optional[bool] = key(None, "sharing: keep each weight's slot (int32) and sign (int8), 5 bytes a weight, "
                                             "instead of hashing them every pass (~8x slower steps on CPU)")
+    units_removed: Optional[list[float]] = key(None, "random_search: fraction of every hidden layer's units removed, "
+                                                     "one level each")
+    spaces: Optional[list[str]] = key(None, "random_search: node | weight, the search spaces (weight: unstructured "
+                                            "masks of the node level's per-layer counts)")
+    candidates: Optional[int] = key(None, "random_search: N, masks sampled and scored per level and space")
+    search_steps: Optional[int] = key(None, "random_search: the short training that scores a candidate")
+    retrain_seeds: Optional[int] = key(None, "random_search: fresh data orders each retrained arm is trained on")
+    target_acc: Optional[float] = key(None, "random_search: validation accuracy whose first crossing gives "
+                                            "epochs_to_target")
     densities: Optional[list[float]] = key(None, "at_init, oneshot, dynamic: fractions kept, one arm per level")
     sparsities: Optional[list[float]] = key(None, "at_init, oneshot, dynamic: or the fractions removed")
     finetune_steps: Optional[int] = key(None, "oneshot, dynamic (prune_ft): fine-tuning steps after pruning each level")

@@ -16,6 +16,8 @@ from sparse_run.store.schema import SUMMARY_COLUMNS, rows_to_csv
 from .collect import FINISHED, _grouped, collect, counted
 from .dst import figures as dst_figures
 from .dst import is_dst
+from .random_search import figures as rs_figures
+from .random_search import is_random_search
 from .sharing import figures as sharing_figures
 from .sharing import is_sharing
 from .figures import accuracy_vs_density, accuracy_vs_nnz, compares_methods, method_comparison
@@ -88,6 +90,9 @@ def report_figures(ok: pd.DataFrame, out: Path) -> list[Path]:
         stem = out / f"{exp}_{budget}"
         if is_sharing(sub):  # parameter sharing vs pruning: one set of figures over every run of the experiment
             made += sharing_figures(sub, f"{stem}_", title)
+            continue
+        if is_random_search(sub):  # Random Search: one set of figures over every run of the experiment
+            made += rs_figures(sub, f"{stem}_", title)
             continue
         if is_dst(sub):  # dynamic sparse training: per configuration group, or one ΔT figure across groups
             if "delta_t" in sub and sub[sub.variant != "dense"].delta_t.nunique() > 1:
