@@ -57,3 +57,16 @@ def test_bad_sharing_settings_are_one_line_errors(override, message):
     with pytest.raises(ConfigError, match=message) as err:
         effective(compose_cfg("experiment=rps_mnist", override), explicit=[override.split("=")[0]])
     assert "\n" not in str(err.value)
+
+
+def test_a_diverging_arm_is_recorded_as_a_result_and_gradient_scaling_prevents_it(tmp_path):
+    """SGD on z without gradient scaling at z std 0.004 (s ≈ 5–9) blows up; with it, the same arm trains."""
+    run_cli("experiment=rps_mnist", "budget=smoke", "threads=1", "progress=false", "method.schedule.compressions=[10]",
+            "method.schedule.init_stds=[0.004]", "method.schedule.variants=[stable_rps,stable_rps_nogs]",
+            "method.criteria=null", "method.controls.variants=[]", "method.schedule.rounds=null",
+            "method.schedule.dense=false", "train.optimizer=sgd", "train.lr=0.05", "train.momentum=0.9",
+            f"paths.results_dir={tmp_path}")
+    s = pd.read_csv(next((tmp_path / "rps_mnist").iterdir()) / "summary.csv").set_index("variant")
+    assert s.status["stable_rps_nogs"] == "diverged" and "nan" in s.diverged_at["stable_rps_nogs"]
+    assert s.test_acc["stable_rps_nogs"] == pytest.approx(0.1135, abs=0.02)  # the majority class's share
+    assert s.status["stable_rps"] == "ok" and s.test_acc["stable_rps"] > 0.5

@@ -199,7 +199,7 @@ class Run:
         ctx = self.context(round_, variant, method)
         row = {**ctx, "target_density": target_density, "density": masks.density(), "nonzeros": masks.nonzeros(),
                "prunable": masks.numel(), "test_acc": majority(self.data.test_y), "early_stop_step": None,
-               "test_acc_at_early_stop": None, "val_acc": majority(self.data.val_y), "steps": None, "wall_s": None,
+               "test_acc_at_early_stop": majority(self.data.test_y), "val_acc": majority(self.data.val_y), "steps": None, "wall_s": None,
                "status": "diverged", "diverged_at": error, **(extra or {})}
         print(f"sparse-run: {key} diverged ({error}); recorded at the majority-class accuracy, status diverged")
         self._finish_arm(key, row, [], ctx)

@@ -103,7 +103,7 @@ def make_claim(experiment: str, raw: dict[str, Any], where: str) -> Claim:
         raise ConfigError(f"{where}.table", f"got {node['table']!r}; a file name in the run directory "
                                             "(summary.csv, kernel.csv, hardware.csv ...)")
     parse_expect(node["expect"], f"{where}.expect")
-    node["overrides"] = tuple(sorted(node["overrides"]))
+    node["overrides"] = tuple(sorted(_canonical(o) for o in node["overrides"]))
     return Claim(experiment=experiment, **node)
 
 
@@ -133,9 +133,16 @@ def load_claims(experiments: Iterable[str] | None = None, conf: Path | None = No
 # Rows: which runs count, which rows are arm A / B
 # ---------------------------------------------------------------------------------------------
 
+def _canonical(override: str) -> str:
+    """One spelling per override: a sweep records a boolean as Python writes it (``dense=False``), a claim as
+    YAML does (``dense=false``)."""
+    key, eq, value = override.lstrip("+~").partition("=")
+    return f"{key}{eq}{value.lower()}" if value in ("True", "False") else f"{key}{eq}{value}"
+
+
 def _overrides(run_dir: Path) -> tuple[str, ...]:
     """The run's command-line overrides that change its protocol (budget, seed, placement left out)."""
-    return tuple(sorted(o.lstrip("+~") for o in job_overrides(Path(run_dir), _IGNORED)))
+    return tuple(sorted(_canonical(o) for o in job_overrides(Path(run_dir), _IGNORED)))
 
 
 def _matches(df: pd.DataFrame, sel: dict[str, Any]) -> pd.DataFrame:

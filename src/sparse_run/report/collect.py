@@ -185,9 +185,10 @@ def _identity(df: pd.DataFrame) -> pd.DataFrame:
     return ident
 
 
-# a finished row's status: "ok", or "at_chance" (a real result — e.g. a network pruned to nothing —
-# that the training loop flags; kept in means and figures, and listed under the table)
-FINISHED = ("ok", "at_chance")
+# a finished row's status: "ok", "at_chance" (a real result — e.g. a network pruned to nothing —
+# that the training loop flags) or "diverged" (an arm whose loss became NaN, recorded by a method that studies
+# stability at the majority-class accuracy); kept in means and figures, and listed under the table
+FINISHED = ("ok", "at_chance", "diverged")
 
 
 def _repeats(df: pd.DataFrame) -> pd.Series:

@@ -91,8 +91,8 @@ def _order(names: set[str]) -> list[str]:
 
 
 def accuracy_figure(df: pd.DataFrame, out: Path, title: str) -> Path:
-    """Left: final test accuracy vs compression (log) per arm, mean ± std over seeds, dense as a line, HashedNet's
-    unused-slot share at 1× in the legend. Right: STABLE-RPS − best pruning at init and − LTR, paired."""
+    """Left: final test accuracy vs compression (log) per arm, mean ± std over seeds, dense as a line, each RPS
+    arm's unused-slot share at 1× in the legend. Right: STABLE-RPS − best pruning at init and − LTR, paired."""
     df = _main_std(arms(df))
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 5))
     dense = df[df.arm == "dense"][METRIC] * 100
@@ -102,7 +102,7 @@ def accuracy_figure(df: pd.DataFrame, out: Path, title: str) -> Path:
         sub = df[df.arm == a]
         g = sub.groupby("compression_x")[METRIC].agg(["mean", "std", "size"]).sort_index()
         label = f"{LABELS.get(a, a)} (n={int(g['size'].max())})"
-        if a.startswith("hashed_net") and "unused_slots" in sub:
+        if a in RPS and "unused_slots" in sub:  # HashedNet's ≈1/e and ROAST's colliding tiles at 1x
             at1 = sub[sub.compression_x <= 1.0001].unused_slots
             if len(at1):
                 label += f"; {100 * at1.mean():.1f} % slots unused at 1x"
@@ -133,13 +133,13 @@ def accuracy_figure(df: pd.DataFrame, out: Path, title: str) -> Path:
 
 def init_std_figure(df: pd.DataFrame, out: Path, title: str) -> Path | None:
     """Final test accuracy vs z's init std (log) per RPS arm, one panel per compression; mean with 95 % t-interval
-    over seeds. Chance-level arms (diverged or stuck) show as points at the bottom."""
+    over seeds. Diverged arms count at the majority class's accuracy and are crossed."""
     df = arms(df)
     rps = df[df.arm.isin(RPS)]
     if "init_std" not in rps or rps.init_std.nunique() < 2:
         return None
     levels = sorted(rps.compression_x.unique())
-    fig, axes = plt.subplots(1, len(levels), figsize=(5.5 * len(levels), 4.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(levels), figsize=(5.5 * len(levels) + 3.2, 4.4), squeeze=False)
     dense = df[df.arm == "dense"][METRIC] * 100
     for ax, lv in zip(axes[0], levels):
         sub = rps[rps.compression_x == lv]
@@ -149,6 +149,10 @@ def init_std_figure(df: pd.DataFrame, out: Path, title: str) -> Path | None:
             ax.errorbar(g.index, [s[0] for s in stats], yerr=[[s[0] - s[1] for s in stats],
                                                               [s[2] - s[0] for s in stats]],
                         fmt="o-", capsize=3, color=COLORS.get(a), label=f"{LABELS.get(a, a)} (n={max(map(len, g))})")
+        bad = sub[sub.status == "diverged"] if "status" in sub else sub.iloc[0:0]
+        if len(bad):  # every seed's diverged arm, at the accuracy it was recorded at
+            ax.plot(bad.init_std, bad[METRIC] * 100, "x", color="black", ms=9, mew=2,
+                    label=f"diverged (NaN loss; {len(bad)} arm-seeds, at the majority class)")
         if len(dense):
             ax.axhline(dense.mean(), color="black", ls="--", lw=1, label="dense")
         ax.set_xscale("log")
@@ -156,7 +160,7 @@ def init_std_figure(df: pd.DataFrame, out: Path, title: str) -> Path | None:
         ax.set_title(f"{lv:g}x compression", fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("final test accuracy (%), 95 % t-interval")
-    axes[0][0].legend(fontsize=7, loc="lower left")
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))  # outside: points fill the panel
     return _save(fig, out, title, df)
 
 

@@ -36,7 +36,7 @@ def report(root: Path, figures: bool = True, quiet: bool = False) -> pd.DataFram
     agg = aggregate(df)
     table = format_table(agg)
     failed = df[~df.status.isin(FINISHED)] if "status" in df else df.iloc[0:0]
-    chance = df[df.status.eq("at_chance")] if "status" in df else df.iloc[0:0]
+    chance = df[df.status.isin(("at_chance", "diverged"))] if "status" in df else df.iloc[0:0]
     lines = [table]
     repeats = df[df.status.isin(FINISHED) & ~df.counted.fillna(True).astype(bool)] if "counted" in df else df.iloc[0:0]
     if "small_dense" in set(agg.get("variant", [])):
@@ -46,9 +46,10 @@ def report(root: Path, figures: bool = True, quiet: bool = False) -> pd.DataFram
                      "and seed: a cached dense stage reused by several jobs, a replicate run again …) and are "
                      "counted once (all_runs.csv: counted = False).")
     if len(chance):
-        lines.append(f"\n{len(chance)} row(s) ended at chance accuracy (status at_chance; included above):")
+        lines.append(f"\n{len(chance)} row(s) ended at chance accuracy (status at_chance, or diverged: recorded at "
+                     "the majority class's share; included above):")
         lines += [f"  {r['run_dir']} {r.get('method', '')} {r.get('variant', '')} round {r.get('round', '')}"
-                  for r in chance.to_dict("records")]
+                  + (" (diverged)" if r.get("status") == "diverged" else "") for r in chance.to_dict("records")]
     if len(failed):
         lines.append(f"\n{len(failed)} job(s) not complete:")
         lines += [f"  {r['status']}: {r['run_dir']} {r.get('error', '') or ''}" for r in failed.to_dict('records')]

@@ -80,7 +80,7 @@ def format_table(agg: pd.DataFrame) -> str:
     t["density %"] = (t.pop("density") * 100).round(2)
     t["acc@ES %"] = [_pm(m, s, n) for m, s, n in zip(t.pop("acc_es"), t.pop("acc_es_std"), t.seeds)]
     t["final %"] = [_pm(m, s, n) for m, s, n in zip(t.pop("final_acc"), t.pop("final_acc_std"), t.seeds)]
-    t["ES step"] = t.pop("es_step").round(0).astype(int)
+    t["ES step"] = t.pop("es_step").round(0).astype("Int64")  # <NA>: no step (an arm recorded as diverged)
     for c in ROW_IDENTITY:  # e.g. no scope on a dense row: blank, not NaN
         if c in t:
             t[c] = t[c].astype(object).where(t[c].notna(), "")

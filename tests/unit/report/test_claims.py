@@ -115,6 +115,14 @@ def test_runs_with_other_overrides_or_unfinished_do_not_count(tmp_path):
     assert s.seeds == [3]
 
 
+def test_boolean_overrides_match_however_they_are_spelled(tmp_path):
+    """A sweep records ``dense=False`` (Python's spelling), a claim says ``dense=false`` (YAML's)."""
+    _run(tmp_path, "budget=quick,method.schedule.dense=False,seed=0", _lottery_rows(0, 0.95, 0.96),
+         overrides=["method.schedule.dense=False", "seed=0"])
+    assert _score(tmp_path, _claim(overrides=["method.schedule.dense=false"])).seeds == [0]
+    assert _score(tmp_path, _claim(overrides=["method.schedule.dense=true"])).seeds == []
+
+
 def test_ratio_and_value_and_nearest_level(tmp_path):
     base = {"seed": 0, "status": "ok"}
     rows = [{**base, "variant": "ste", "pattern": "2:4", "sad_late": 100.0},
