@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .claims import t_interval  # noqa: E402
-from .plot import save_figure  # noqa: E402
+from .plot import save_titled  # noqa: E402
 
 ARMS = ("static", "set", "rigl", "snfs", "dsl", "gmp", "prune_ft", "rigl_2x", "small_dense")
 COLORS = {"static": "tab:gray", "set": "tab:orange", "rigl": "tab:blue", "snfs": "tab:green", "gmp": "tab:red",
@@ -118,7 +118,7 @@ def accuracy_figure(df: pd.DataFrame, out: Path, title: str) -> Path:
     _sparsity_axis(bx, levels)
     bx.set_ylabel("paired difference (pp), 95 % t-interval")
     bx.legend(fontsize=7, loc="upper left")
-    return _save(fig, out, title, df)
+    return save_titled(fig, out, title, df)
 
 
 def flops_figure(df: pd.DataFrame, out: Path, title: str) -> Path | None:
@@ -145,7 +145,7 @@ def flops_figure(df: pd.DataFrame, out: Path, title: str) -> Path | None:
     ax.set_ylabel(_metric(df))
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="lower right", ncol=2)
-    return _save(fig, out, title, df)
+    return save_titled(fig, out, title, df)
 
 
 def _run_files(df: pd.DataFrame, name: str) -> pd.DataFrame:
@@ -180,7 +180,7 @@ def itop_figure(df: pd.DataFrame, out: Path, title: str) -> Path | None:
         ax.grid(True, alpha=0.3)
     axes[0][0].set_ylabel("R_s: weights ever active (%)")
     axes[0][0].legend(fontsize=7)
-    return _save(fig, out, title, df)
+    return save_titled(fig, out, title, df)
 
 
 def swaps_figure(df: pd.DataFrame, out: Path, title: str) -> Path | None:
@@ -210,7 +210,7 @@ def swaps_figure(df: pd.DataFrame, out: Path, title: str) -> Path | None:
         ax.grid(True, alpha=0.3)
     axes[0][0].set_ylabel("weights moved per update (% of active)")
     axes[0][0].legend(fontsize=7)
-    return _save(fig, out, title, df)
+    return save_titled(fig, out, title, df)
 
 
 def delta_t_figure(df: pd.DataFrame, out: Path, title: str) -> Path | None:
@@ -240,16 +240,7 @@ def delta_t_figure(df: pd.DataFrame, out: Path, title: str) -> Path | None:
         ax.grid(True, alpha=0.3)
     axes[0][0].set_ylabel(_metric(df).replace(" (%)", " (%), 95 % t-interval"))
     axes[0][0].legend(fontsize=7)
-    return _save(fig, out, title, df)
-
-
-def _save(fig: plt.Figure, out: Path, title: str, df: pd.DataFrame) -> Path:
-    from .plot import _provenance
-
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    lines = fig.axes[0].get_legend_handles_labels()[1]
-    return save_figure(fig, out, {"title": title, **_provenance(df), "lines": lines})
+    return save_titled(fig, out, title, df)
 
 
 def figures(df: pd.DataFrame, stem: str, title: str) -> list[Path]:

@@ -79,3 +79,11 @@ def save_figure(fig: plt.Figure, out: Path, meta: dict[str, Any]) -> Path:
     plt.close(fig)
     atomic_write_text(out.with_suffix(".json"), json.dumps(meta, indent=2))
     return out
+
+
+def save_titled(fig: plt.Figure, out: Path, title: str, df: pd.DataFrame) -> Path:
+    """Suptitle, tight layout and ``save_figure`` with the rows' provenance and the first panel's legend lines."""
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    lines = fig.axes[0].get_legend_handles_labels()[1]
+    return save_figure(fig, out, {"title": title, **_provenance(df), "lines": lines})

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .claims import t_interval  # noqa: E402
-from .plot import _provenance, save_figure  # noqa: E402
+from .plot import save_titled  # noqa: E402
 
 ARMS = ("rs_best", "rs_best_init", "rs_worst", "random_mask")
 LABELS = {"rs_best": "RS best (short training)", "rs_best_init": "RS best (at init)", "rs_worst": "RS worst",
@@ -110,7 +110,7 @@ def accuracy_figure(df: pd.DataFrame, out: Path, title: str) -> Path:
     bx.set_ylabel("RS best − random mask (pp), 95 % t-interval; TOST p")
     bx.grid(True, alpha=0.3)
     bx.legend(fontsize=7, loc="lower left")
-    return _save(fig, out, title, df)
+    return save_titled(fig, out, title, df)
 
 
 def selection_figure(df: pd.DataFrame, out: Path, title: str) -> Path | None:
@@ -140,7 +140,7 @@ def selection_figure(df: pd.DataFrame, out: Path, title: str) -> Path | None:
     for row in axes:
         row[0].set_ylabel("retrained test acc (%)", fontsize=8)
     axes[0][0].legend(fontsize=6, loc="best")
-    return _save(fig, out, title, df)
+    return save_titled(fig, out, title, df)
 
 
 def convergence_figure(df: pd.DataFrame, out: Path, title: str) -> Path | None:
@@ -167,14 +167,7 @@ def convergence_figure(df: pd.DataFrame, out: Path, title: str) -> Path | None:
         ax.set_ylabel("epochs to the target val accuracy")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
-    return _save(fig, out, title, df)
-
-
-def _save(fig: plt.Figure, out: Path, title: str, df: pd.DataFrame) -> Path:
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    lines = fig.axes[0].get_legend_handles_labels()[1]
-    return save_figure(fig, out, {"title": title, **_provenance(df), "lines": lines})
+    return save_titled(fig, out, title, df)
 
 
 def figures(df: pd.DataFrame, stem: str, title: str) -> list[Path]:

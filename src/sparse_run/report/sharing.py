@@ -8,7 +8,6 @@ seed (every arm of a run shares θ0's seed and the data order), with 95 % Studen
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import matplotlib
@@ -18,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .claims import t_interval  # noqa: E402
-from .plot import _provenance, save_figure  # noqa: E402
+from .plot import save_titled  # noqa: E402
 
 RPS = ("stable_rps", "stable_rps_nogs", "roast", "roast_gs", "hashed_net", "hashed_net_gs")
 LABELS = {"stable_rps": "STABLE-RPS", "stable_rps_nogs": "RandomFold, no grad scaling", "roast": "ROAST",
@@ -128,7 +127,7 @@ def accuracy_figure(df: pd.DataFrame, out: Path, title: str) -> Path:
     bx.set_ylabel("paired difference (pp), 95 % t-interval")
     bx.grid(True, which="both", alpha=0.3)
     bx.legend(fontsize=7, loc="upper left")
-    return _save(fig, out, title, df)
+    return save_titled(fig, out, title, df)
 
 
 def init_std_figure(df: pd.DataFrame, out: Path, title: str) -> Path | None:
@@ -161,14 +160,7 @@ def init_std_figure(df: pd.DataFrame, out: Path, title: str) -> Path | None:
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("final test accuracy (%), 95 % t-interval")
     axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))  # outside: points fill the panel
-    return _save(fig, out, title, df)
-
-
-def _save(fig: plt.Figure, out: Path, title: str, df: pd.DataFrame) -> Path:
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    lines = fig.axes[0].get_legend_handles_labels()[1]
-    return save_figure(fig, out, {"title": title, **_provenance(df), "lines": lines})
+    return save_titled(fig, out, title, df)
 
 
 def figures(df: pd.DataFrame, stem: str, title: str) -> list[Path]:
@@ -180,4 +172,4 @@ def figures(df: pd.DataFrame, stem: str, title: str) -> list[Path]:
     else:
         made = [accuracy_figure(df, Path(f"{stem}rps_accuracy.png"), title),
                 init_std_figure(df, Path(f"{stem}rps_init_std.png"), title)]
-    return [m for m in made if m is not None and not (isinstance(m, float) and math.isnan(m))]
+    return [m for m in made if m is not None]
