@@ -170,8 +170,19 @@ def convergence_figure(df: pd.DataFrame, out: Path, title: str) -> Path | None:
     return save_titled(fig, out, title, df)
 
 
+def _title(df: pd.DataFrame, title: str) -> str:
+    """The caller's title with its seed list (search and retrain seeds mixed) replaced by the two kinds."""
+    search = sorted(int(s) for s in df[df.variant == "candidate"].seed.unique())
+    retrained = df[df.variant.isin(ARMS)]
+    per_arm = int(retrained.groupby(["run_dir", "space", "units_removed", "variant"]).seed.nunique().max()) \
+        if len(retrained) else 0
+    head = title.split("; seeds")[0].split(", seeds")[0]
+    return f"{head}; search seeds {search}, {per_arm} fresh retrain seeds each"
+
+
 def figures(df: pd.DataFrame, stem: str, title: str) -> list[Path]:
     """The Random Search figures of a set of runs, named ``<stem>rs_*.png``."""
+    title = _title(df, title)
     made = [accuracy_figure(df, Path(f"{stem}rs_accuracy.png"), title),
             selection_figure(df, Path(f"{stem}rs_selection.png"), title),
             convergence_figure(df, Path(f"{stem}rs_convergence.png"), title)]
