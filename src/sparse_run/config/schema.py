@@ -221,7 +221,9 @@ class ClaimConfig:
     scale: float = key(1.0, "multiplies the quantity (100: accuracy fractions in percentage points)")
     expect: str = key(MISSING, "the condition for 'reproduced': '> 0', '<= 1', 'in [-0.3, 0.3]'")
     overrides: list[str] = key([], "the command-line overrides (besides budget and seed) of the runs it is scored on")
-    min_n: int = key(3, "fewer seeds (corr: points) than this -> inconclusive")
+    unit: str = key("seed", "seed | run: what is paired and replicated; run averages each arm's rows of a run first "
+                            "(e.g. a search's retrain seeds, which share its masks), one value per run")
+    min_n: int = key(3, "fewer seeds / runs (corr: points) than this -> inconclusive")
     note: Optional[str] = key(None, "the likely reason when it does not reproduce at our scale")
 
 

@@ -3,8 +3,9 @@
 A claim names two arms (row selectors on a run file, ``summary.csv`` by default), a metric and how to combine
 them: ``value`` (A), ``diff`` (A − B) or ``ratio`` (A / B), computed **per seed inside one run** — the arms of a
 run share seeds, initialisations and data order, so the pairing removes most seed noise — then averaged over
-seeds with a 95 % Student-t interval; ``corr`` pools A's rows over every run and gives Pearson's r with a
-Fisher-z interval. The verdict compares the interval with the claim's condition: *reproduced* (the interval
+seeds with a 95 % Student-t interval (``unit: run``: each arm's rows of a run are averaged first and the runs are
+the replicates — a Random Search's retrain seeds share its masks); ``corr`` pools A's rows over every run and gives
+Pearson's r with a Fisher-z interval. The verdict compares the interval with the claim's condition: *reproduced* (the interval
 satisfies it), *not reproduced* (the interval lies outside it), *inconclusive* (it straddles the boundary, or
 fewer than ``min_n`` seeds), *not run* (no run of the experiment at that budget, or no row matches an arm).
 
@@ -15,6 +16,7 @@ same seed (a single run and a replicated one), the first run directory in sorted
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import math
 import re
 from dataclasses import dataclass, field
@@ -30,6 +32,7 @@ from sparse_run.config import ConfigError
 from .collect import FINISHED, job_config, job_meta, job_overrides
 
 QUANTITIES = ("value", "diff", "ratio", "corr")
+UNITS = ("seed", "run")
 VERDICTS = ("reproduced", "not reproduced", "inconclusive", "not run")
 NEAR_FACTOR = 1.5  # {near: x} matches the closest level within a factor of 1.5 of x
 # overrides that do not change what a claim measures (seeds are pooled; the rest are display and placement)
@@ -62,6 +65,7 @@ class Claim:
     scale: float = 1.0
     paper_value: float | None = None
     overrides: tuple[str, ...] = ()
+    unit: str = "seed"
     min_n: int = 3
     note: str | None = None
 
@@ -93,6 +97,8 @@ def make_claim(experiment: str, raw: dict[str, Any], where: str) -> Claim:
     assert isinstance(node, dict)
     if node["quantity"] not in QUANTITIES:
         raise ConfigError(f"{where}.quantity", f"got {node['quantity']!r}; allowed: {', '.join(QUANTITIES)}")
+    if node["unit"] not in UNITS or (node["unit"] == "run" and node["quantity"] == "corr"):
+        raise ConfigError(f"{where}.unit", f"got {node['unit']!r}; allowed: {', '.join(UNITS)} (run: not with corr)")
     if not node["a"]:
         raise ConfigError(f"{where}.a", "empty; name arm A's rows (e.g. {variant: ticket})")
     if node["quantity"] in ("diff", "ratio") and not node["b"]:
@@ -138,6 +144,14 @@ def _canonical(override: str) -> str:
     YAML does (``dense=false``)."""
     key, eq, value = override.lstrip("+~").partition("=")
     return f"{key}{eq}{value.lower()}" if value in ("True", "False") else f"{key}{eq}{value}"
+
+
+def _run_seed(run_dir: Path) -> int:
+    """The run's own seed (``config.yaml``): the key of a claim scored one value per run."""
+    seed = job_config(Path(run_dir)).get("seed")
+    if isinstance(seed, int):
+        return seed
+    return int(hashlib.sha256(str(run_dir).encode()).hexdigest()[:8], 16)  # no seed recorded: a stable stand-in
 
 
 def _overrides(run_dir: Path) -> tuple[str, ...]:
@@ -271,15 +285,20 @@ def _paired(claim: Claim, runs: list[Path]) -> Score:
         if df is None or claim.metric not in df:
             problems.append(f"no {claim.table}" if df is None else f"no column {claim.metric} in {claim.table}")
             continue
+        by_run = claim.unit == "run"
         seeds = sorted(pd.to_numeric(df["seed"], errors="coerce").dropna().astype(int).unique()) if "seed" in df \
-            else [None]
+            and not by_run else [None]
         for seed in seeds:
             part = df if seed is None else df[pd.to_numeric(df["seed"], errors="coerce") == seed]
-            key = -1 if seed is None else int(seed)
+            key = _run_seed(d) if by_run else -1 if seed is None else int(seed)
             if key in got:
                 continue
             a = _select(part, claim.a)
             b = _select(part, claim.b) if claim.quantity in ("diff", "ratio") else a
+            if by_run and len(a) and len(b):  # one value per run: each arm's rows (e.g. its retrain seeds) averaged
+                a = a[[claim.metric]].mean().to_frame().T.assign(density=a.density.mean() if "density" in a else None)
+                col = claim.metric_b or claim.metric
+                b = b[[col]].mean().to_frame().T if col in b else b.iloc[:1]
             if len(a) != 1 or len(b) != 1:
                 arm, sel, k = ("A", claim.a, len(a)) if len(a) != 1 else ("B", claim.b, len(b))
                 problems.append(f"arm {arm} ({_show(sel)}) matches {k} rows")

@@ -3,8 +3,9 @@ against an independent random mask and the dense parent, with the paired differe
 (two one-sided t-tests within ±``MARGIN_PP``); the selection score against the retrained accuracy (does the search's
 advantage survive retraining, or regress to the mean?); and epochs to the target validation accuracy.
 
-Pairs are (run, seed): every retrained arm of a run is trained on the same fresh data-order seeds from its slice of
-the same θ0.
+Pairs are searches (runs): every retrained arm of a run is trained on the same fresh data-order seeds from its slice
+of the same θ0, and those seeds share the arm's mask, so each arm is first averaged over them; intervals are over
+searches.
 """
 from __future__ import annotations
 
@@ -47,11 +48,20 @@ def tost(diffs: list[float], margin: float) -> float:
     return float(max(p_low, p_high))
 
 
+def per_search(df: pd.DataFrame, metric: str = "test_acc") -> pd.DataFrame:
+    """Each retrained arm's ``metric`` averaged over its retrain seeds, one row per search (run): the seeds share the
+    arm's mask, so they replicate training noise only; masks are replicated by searches."""
+    arms = df[df.variant.isin(ARMS)]
+    return arms.groupby(["run_dir", "space", "units_removed", "variant"], as_index=False)[metric].mean()
+
+
 def paired(df: pd.DataFrame, a: str, b: str, metric: str = "test_acc", scale: float = 100) -> pd.DataFrame:
-    """Per space and level: ``a`` − ``b`` paired by run and seed: mean, 95 % t-interval, n and the TOST p-value."""
-    keys = ["run_dir", "seed", "space", "units_removed"]
-    both = df[df.variant == a][keys + [metric]].merge(df[df.variant == b][keys + [metric]], on=keys,
-                                                      suffixes=("_a", "_b"))
+    """Per space and level: ``a`` − ``b`` paired by search (each the mean over its retrain seeds): mean, 95 %
+    t-interval over searches, n and the TOST p-value."""
+    keys = ["run_dir", "space", "units_removed"]
+    s = per_search(df, metric)
+    both = s[s.variant == a][keys + [metric]].merge(s[s.variant == b][keys + [metric]], on=keys,
+                                                    suffixes=("_a", "_b"))
     rows = []
     for (space, level), sub in both.groupby(["space", "units_removed"]):
         d = ((sub[f"{metric}_a"] - sub[f"{metric}_b"]) * scale).dropna().tolist()
@@ -69,8 +79,9 @@ def _spaces(df: pd.DataFrame) -> list[str]:
 
 
 def accuracy_figure(df: pd.DataFrame, out: Path, title: str) -> Path:
-    """Per space: retrained test accuracy per arm and level (mean, 95 % t-interval over runs × seeds), dense parent
-    as a line; last panel: RS best − random mask, paired, with the ±margin band and the TOST p-value."""
+    """Per space: retrained test accuracy per arm and level (mean, 95 % t-interval over searches, each the mean of
+    its retrain seeds), dense parent as a line; last panel: RS best − random mask, paired by search, with the
+    ±margin band and the TOST p-value."""
     spaces = _spaces(df)
     fig, axes = plt.subplots(1, len(spaces) + 1, figsize=(5.2 * (len(spaces) + 1), 4.6), squeeze=False)
     dense = df[df.variant == "dense"].test_acc * 100
@@ -78,15 +89,16 @@ def accuracy_figure(df: pd.DataFrame, out: Path, title: str) -> Path:
     for ax, space in zip(axes[0], spaces):
         if len(dense):
             ax.axhline(dense.mean(), color="black", ls="--", lw=1, label=f"dense parent (n={len(dense)})")
+        searches = per_search(df)
         for i, a in enumerate(ARMS):
-            sub = df[(df.variant == a) & (df.space == space)]
+            sub = searches[(searches.variant == a) & (searches.space == space)]
             if sub.empty:
                 continue
             g = sub.groupby("units_removed").test_acc.apply(lambda s: [v * 100 for v in s])
             stats = [(sum(v) / len(v), *(t_interval(v) if len(v) > 1 else (v[0], v[0]))) for v in g]
             xs = [levels.index(lv) + (i - 1.5) * 0.12 for lv in g.index]
             ax.errorbar(xs, [s[0] for s in stats], yerr=[[s[0] - s[1] for s in stats], [s[2] - s[0] for s in stats]],
-                        fmt="o", capsize=3, ms=4, color=COLORS[a], label=f"{LABELS[a]} (n={max(map(len, g))})")
+                        fmt="o", capsize=3, ms=4, color=COLORS[a], label=f"{LABELS[a]} ({max(map(len, g))} searches)")
         ax.set_xticks(range(len(levels)))
         ax.set_xticklabels([f"{100 * lv:g}" for lv in levels])
         ax.set_xlabel(f"hidden units removed (%), {space} space")
@@ -99,15 +111,22 @@ def accuracy_figure(df: pd.DataFrame, out: Path, title: str) -> Path:
         sub = p[p.space == space]
         xs = [levels.index(lv) + (j - 0.5) * 0.2 for lv in sub.units_removed]
         bx.errorbar(xs, sub["mean"], yerr=[sub["mean"] - sub.lo, sub.hi - sub["mean"]], fmt="o", capsize=3,
-                    color=("tab:blue", "tab:orange")[j], label=f"{space} space (n={int(sub.n.max()) if len(sub) else 0})")
+                    color=("tab:blue", "tab:orange")[j], label=f"{space} space ({int(sub.n.max()) if len(sub) else 0} searches)")
         for x, r in zip(xs, sub.itertuples()):
             bx.annotate(f"p={r.tost_p:.2g}", (x, r.hi), fontsize=6, ha="center", va="bottom")
+    lo_lim, hi_lim = -6 * MARGIN_PP, 8 * MARGIN_PP  # keep the margin readable; off-scale points are written out
+    off = p[(p.hi > hi_lim) | (p.lo < lo_lim)] if len(p) else p
+    if len(off):
+        bx.set_ylim(lo_lim, hi_lim)
+        for j, r in enumerate(off.itertuples()):
+            bx.annotate(f"off scale: {r.space} {100 * r.units_removed:g} %: {r.mean:+.1f} [{r.lo:.1f}, {r.hi:.1f}]",
+                        (0.02, 0.97 - 0.06 * j), xycoords="axes fraction", fontsize=7, va="top")
     bx.axhspan(-MARGIN_PP, MARGIN_PP, color="green", alpha=0.12, label=f"equivalence margin ±{MARGIN_PP} pp")
     bx.axhline(0, color="black", lw=0.8)
     bx.set_xticks(range(len(levels)))
     bx.set_xticklabels([f"{100 * lv:g}" for lv in levels])
     bx.set_xlabel("hidden units removed (%)")
-    bx.set_ylabel("RS best − random mask (pp), 95 % t-interval; TOST p")
+    bx.set_ylabel("RS best − random mask (pp), 95 % t over searches; TOST p")
     bx.grid(True, alpha=0.3)
     bx.legend(fontsize=7, loc="lower left")
     return save_titled(fig, out, title, df)

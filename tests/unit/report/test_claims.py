@@ -123,6 +123,23 @@ def test_boolean_overrides_match_however_they_are_spelled(tmp_path):
     assert _score(tmp_path, _claim(overrides=["method.schedule.dense=true"])).seeds == []
 
 
+def test_unit_run_averages_each_arm_within_a_run_and_replicates_runs(tmp_path):
+    """A search's retrain seeds share its masks: with unit run they are averaged, one value per run."""
+    for run_seed, (best, rand) in enumerate([((0.90, 0.92), (0.89, 0.89)), ((0.80, 0.84), (0.81, 0.79))]):
+        rows = [{"seed": 1000 * (run_seed + 1) + j, "status": "ok", "variant": v, "test_acc": acc}
+                for v, accs in (("rs_best", best), ("random_mask", rand)) for j, acc in enumerate(accs)]
+        d = _run(tmp_path, f"budget=quick,seed={run_seed}", rows, experiment="random_search_mnist")
+        (d / "config.yaml").write_text(yaml.safe_dump({"name": "random_search_mnist", "seed": run_seed,
+                                                       "budget": {"name": "quick"}}))
+    raw = {**CLAIM, "metric": "test_acc", "a": {"variant": "rs_best"}, "b": {"variant": "random_mask"}, "min_n": 2}
+    by_run = _score(tmp_path, claims.make_claim("random_search_mnist", {**raw, "unit": "run"}, "c"))
+    assert by_run.seeds == [0, 1] and by_run.per_seed == pytest.approx([2.0, 2.0])
+    by_seed = _score(tmp_path, claims.make_claim("random_search_mnist", raw, "c"))
+    assert by_seed.n == 4
+    with pytest.raises(ConfigError, match=r"^c.unit: got 'search'; allowed: seed, run"):
+        claims.make_claim("random_search_mnist", {**raw, "unit": "search"}, "c")
+
+
 def test_ratio_and_value_and_nearest_level(tmp_path):
     base = {"seed": 0, "status": "ok"}
     rows = [{**base, "variant": "ste", "pattern": "2:4", "sad_late": 100.0},
