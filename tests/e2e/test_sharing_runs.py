@@ -3,10 +3,16 @@ every arm at exactly the trained-parameter count it reports, the accounting colu
 are one line naming their field before any work."""
 from __future__ import annotations
 
+import json
+import signal
+import subprocess
+import time
+
 import pandas as pd
 import pytest
+import torch
 
-from conftest import compose_cfg, run_cli
+from conftest import CLI, compose_cfg, run_cli
 from sparse_run.config import ConfigError
 from sparse_run.execute import effective
 
@@ -70,3 +76,33 @@ def test_a_diverging_arm_is_recorded_as_a_result_and_gradient_scaling_prevents_i
     assert s.status["stable_rps_nogs"] == "diverged" and "nan" in s.diverged_at["stable_rps_nogs"]
     assert s.test_acc["stable_rps_nogs"] == pytest.approx(0.1135, abs=0.02)  # the majority class's share
     assert s.status["stable_rps"] == "ok" and s.test_acc["stable_rps"] > 0.5
+
+
+def test_sigkill_inside_a_shared_arm_then_rerun_equals_uninterrupted(tmp_path):
+    """The in-flight checkpoint of an RPS arm holds z and the maps' constants: a killed run resumes bit for bit."""
+    args = ["experiment=rps_mnist", "budget=smoke", "threads=1", "progress=false", "budget.steps_scale=0.012",
+            "budget.evals=6", "method.schedule.compressions=[10]", "method.schedule.variants=[stable_rps,hashed_net]",
+            "method.criteria=null", "method.controls.variants=[]", "method.schedule.rounds=null",
+            "method.schedule.dense=false"]
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    run_cli(*args, f"paths.results_dir={ref}")
+    proc = subprocess.Popen([CLI, *args, f"paths.results_dir={killed}"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline, target = time.time() + 120, None
+    while time.time() < deadline and proc.poll() is None:
+        found = list((killed / "rps_mnist").glob("*/checkpoints/inflight.pt")) if killed.exists() else []
+        try:
+            inflight = torch.load(found[0], weights_only=True) if found else None
+        except (FileNotFoundError, RuntimeError, EOFError):
+            inflight = None
+        if inflight is not None and inflight["arm"].startswith("hashed_net/"):  # inside the second arm
+            target = found[0].parent.parent
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert json.loads((target / "run.json").read_text())["status"] == "running"
+    assert "resuming" in run_cli(*args, f"paths.results_dir={killed}").stdout
+    want = pd.read_csv(next((ref / "rps_mnist").iterdir()) / "summary.csv").drop(columns=["wall_s"])
+    pd.testing.assert_frame_equal(want, pd.read_csv(target / "summary.csv").drop(columns=["wall_s"]))
