@@ -126,7 +126,7 @@ def accuracy_figure(df: pd.DataFrame, out: Path, title: str) -> Path:
     bx.set_xticks(range(len(levels)))
     bx.set_xticklabels([f"{100 * lv:g}" for lv in levels])
     bx.set_xlabel("hidden units removed (%)")
-    bx.set_ylabel("RS best − random mask (pp), 95 % t over searches; TOST p")
+    bx.set_ylabel("RS best − random mask (pp), 95 % t; TOST p")
     bx.grid(True, alpha=0.3)
     bx.legend(fontsize=7, loc="lower left")
     return save_titled(fig, out, title, df)
