@@ -16,7 +16,6 @@ same seed (a single run and a replicated one), the first run directory in sorted
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import math
 import re
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ import yaml
 
 from sparse_run.config import ConfigError
 
-from .collect import FINISHED, job_config, job_meta, job_overrides
+from .collect import FINISHED, canonical_override, job_config, job_meta, job_overrides, run_seed
 
 QUANTITIES = ("value", "diff", "ratio", "corr")
 UNITS = ("seed", "run")
@@ -109,7 +108,7 @@ def make_claim(experiment: str, raw: dict[str, Any], where: str) -> Claim:
         raise ConfigError(f"{where}.table", f"got {node['table']!r}; a file name in the run directory "
                                             "(summary.csv, kernel.csv, hardware.csv ...)")
     parse_expect(node["expect"], f"{where}.expect")
-    node["overrides"] = tuple(sorted(_canonical(o) for o in node["overrides"]))
+    node["overrides"] = tuple(sorted(canonical_override(o) for o in node["overrides"]))
     return Claim(experiment=experiment, **node)
 
 
@@ -139,24 +138,9 @@ def load_claims(experiments: Iterable[str] | None = None, conf: Path | None = No
 # Rows: which runs count, which rows are arm A / B
 # ---------------------------------------------------------------------------------------------
 
-def _canonical(override: str) -> str:
-    """One spelling per override: a sweep records a boolean as Python writes it (``dense=False``), a claim as
-    YAML does (``dense=false``)."""
-    key, eq, value = override.lstrip("+~").partition("=")
-    return f"{key}{eq}{value.lower()}" if value in ("True", "False") else f"{key}{eq}{value}"
-
-
-def _run_seed(run_dir: Path) -> int:
-    """The run's own seed (``config.yaml``): the key of a claim scored one value per run."""
-    seed = job_config(Path(run_dir)).get("seed")
-    if isinstance(seed, int):
-        return seed
-    return int(hashlib.sha256(str(run_dir).encode()).hexdigest()[:8], 16)  # no seed recorded: a stable stand-in
-
-
 def _overrides(run_dir: Path) -> tuple[str, ...]:
     """The run's command-line overrides that change its protocol (budget, seed, placement left out)."""
-    return tuple(sorted(_canonical(o) for o in job_overrides(Path(run_dir), _IGNORED)))
+    return tuple(sorted(canonical_override(o) for o in job_overrides(Path(run_dir), _IGNORED)))
 
 
 def _matches(df: pd.DataFrame, sel: dict[str, Any]) -> pd.DataFrame:
@@ -290,7 +274,7 @@ def _paired(claim: Claim, runs: list[Path]) -> Score:
             and not by_run else [None]
         for seed in seeds:
             part = df if seed is None else df[pd.to_numeric(df["seed"], errors="coerce") == seed]
-            key = _run_seed(d) if by_run else -1 if seed is None else int(seed)
+            key = run_seed(d) if by_run else -1 if seed is None else int(seed)
             if key in got:
                 continue
             a = _select(part, claim.a)

@@ -105,6 +105,21 @@ def job_meta(d: Path) -> dict[str, Any]:
     return meta if isinstance(meta, dict) else {"status": "failed", "error": f"unreadable {f.name} (not an object)"}
 
 
+def canonical_override(override: str) -> str:
+    """One spelling per override: a sweep records a boolean as Python writes it (``dense=False``), a claim as
+    YAML does (``dense=false``)."""
+    key, eq, value = override.lstrip("+~").partition("=")
+    return f"{key}{eq}{value.lower()}" if value in ("True", "False") else f"{key}{eq}{value}"
+
+
+def run_seed(run_dir: Path) -> int:
+    """The run's own seed (``config.yaml``); without one, a stable stand-in derived from its path."""
+    seed = job_config(Path(run_dir)).get("seed")
+    if isinstance(seed, int):
+        return seed
+    return int(hashlib.sha256(str(run_dir).encode()).hexdigest()[:8], 16)
+
+
 def job_overrides(d: Path, skip: tuple[str, ...]) -> list[str]:
     """The job's command-line overrides (``.hydra/overrides.yaml``), minus those starting with ``skip``."""
     import yaml
