@@ -151,19 +151,26 @@ class ModelConfig:
     """``model/``: one architecture (``arch``); keys after ``init`` are read by the archs named in their meaning."""
 
     name: str = key(MISSING, "model name (the summary's model column)")
-    arch: str = key(MISSING, "mlp | convfc | vgg | resnet | mobilenet_v2 | rnn | mf (models.ARCHS)")
+    arch: str = key(MISSING, "mlp | convfc | vgg | resnet | mobilenet_v2 | rnn | mf | vit (models.ARCHS)")
     width: float = key(1.0, "multiplies every channel count / hidden size (small-dense baselines)")
     init: str = key(MISSING, "glorot_normal | glorot_uniform | kaiming_normal | kaiming_uniform | default (rnn)")
-    hidden: Any = key(None, "mlp, convfc: hidden layer sizes (list); rnn: hidden size per layer; mf: embedding dim")
+    hidden: Any = key(None, "mlp, convfc: hidden layer sizes (list); rnn: hidden size per layer; mf: embedding dim; "
+                            "vit: MLP hidden size")
     blocks: Optional[list[list[int]]] = key(None, "convfc: conv channels per pooled block")
     kernel: Optional[int] = key(None, "convfc: conv kernel size")
     padding: Any = key(None, "convfc: 'same' or an integer")
-    depth: Optional[int] = key(None, "vgg: 11 | 13 | 16 | 19; resnet: 6n + 2")
+    depth: Optional[int] = key(None, "vgg: 11 | 13 | 16 | 19; resnet: 6n + 2; vit: transformer blocks")
     widths: Optional[list[int]] = key(None, "resnet: channels of the three stages")
     stem_stride: Optional[int] = key(None, "mobilenet_v2: stride of the stem convolution (2: torchvision's)")
     cell: Optional[str] = key(None, "rnn: tanh | relu | gru | lstm")
     layers: Optional[int] = key(None, "rnn: stacked recurrent layers")
     embedding: Optional[int] = key(None, "rnn: embedding size for token inputs (ignored for float sequences)")
+    activation: str = key("relu", "mlp, vit: relu | gelu | topk, the hidden layers' activation (a module the "
+                                  "activation-sparsity probe hooks)")
+    activation_k: Optional[int] = key(None, "activation topk: activations kept per token, 1 <= k < the layer's width")
+    patch: Optional[int] = key(None, "vit: patch side (must divide the image)")
+    dim: Optional[int] = key(None, "vit: token width")
+    heads: Optional[int] = key(None, "vit: attention heads (must divide dim)")
 
 
 @dataclass

@@ -99,7 +99,7 @@ def _mlp_forward(model: nn.Module, fast: bool) -> Forward | None:
     ``fast``, the layers a single run sends through oneDNN go through it here too, lane by lane."""
     from sparse_run.models import MLP
 
-    if type(model) is not MLP:
+    if type(model) is not MLP or not all(type(a) is nn.ReLU for a in model.acts):  # Top-k / GELU: the vmap path
         return None
     layers = [f"hidden.{i}" for i in range(len(model.hidden))] + ["out"]
     kernels = [onednn.BatchedLinearFn if fast and model.get_submodule(name).weight.numel() >= onednn.MIN_WEIGHTS

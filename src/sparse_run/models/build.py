@@ -15,7 +15,8 @@ from torch import nn
 from sparse_run.config import ConfigError, choice
 from sparse_run.data.spec import DataSpec
 
-from . import convnets, mf, mobilenet, resnet, rnn
+from . import convnets, mf, mobilenet, resnet, rnn, vit
+from .activations import activation
 
 INITS: dict[str, Callable[[torch.Tensor], Any] | None] = {
     "default": None,  # keep PyTorch's per-module init (e.g. U(±1/√H) for RNNs, as the sparse-RNN thesis)
@@ -29,16 +30,18 @@ INITS: dict[str, Callable[[torch.Tensor], Any] | None] = {
 class MLP(nn.Module):
     """Fully connected ReLU network (LeNet-300-100 is ``hidden=[300, 100]``)."""
 
-    def __init__(self, in_features: int, hidden: list[int], num_classes: int):
+    def __init__(self, in_features: int, hidden: list[int], num_classes: int, act: str = "relu",
+                 k: int | None = None):
         super().__init__()
         sizes = [in_features, *hidden]
         self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.acts = nn.ModuleList(activation(act, k, h) for h in hidden)  # modules: the sparsity probe hooks them
         self.out = nn.Linear(sizes[-1], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)
-        for layer in self.hidden:
-            x = torch.relu(layer(x))
+        for layer, act in zip(self.hidden, self.acts):
+            x = act(layer(x))
         return self.out(x)
 
 
@@ -47,7 +50,7 @@ def _mlp(cfg: Any, spec: DataSpec) -> nn.Module:
         raise ConfigError("model.arch", f"mlp needs float inputs; dataset {spec.name} gives token ids (try model=rnn)")
     width = float(cfg.width)
     hidden = [max(1, int(round(h * width))) for h in cfg.hidden]
-    return MLP(math.prod(spec.input_shape), hidden, spec.num_classes)
+    return MLP(math.prod(spec.input_shape), hidden, spec.num_classes, str(cfg.activation), cfg.activation_k)
 
 
 ARCHS: dict[str, Callable[[Any, DataSpec], nn.Module]] = {
@@ -58,6 +61,7 @@ ARCHS: dict[str, Callable[[Any, DataSpec], nn.Module]] = {
     "mobilenet_v2": mobilenet.mobilenet_v2,  # torchvision, width multiplier, no pretrained weights
     "rnn": rnn.rnn,                         # tanh / relu / gru / lstm over sequences or tokens
     "mf": mf.mf,                            # matrix factorisation over (user, item) interactions
+    "vit": vit.vit,                         # tiny Vision Transformer with ReLU MLPs (the Lazy Neuron study)
 }
 
 

@@ -37,6 +37,7 @@ EXPECTED = [
     ("mobilenet_v2", CIFAR, 2_202_560),
     ("rnn", SEQ, 4 * 50 * (28 + 50) + 2 * 4 * 50 * (50 + 50) + 50 * 10),  # LSTM: 4 gates per matrix
     ("rnn", REBER, 3 * 4 * 50 * (50 + 50) + 50 * 2),
+    ("vit_tiny", MNIST, 49 * 64 + 4 * (64 * 192 + 64 * 64 + 64 * 256 + 256 * 64) + 64 * 10),  # embed, 4 blocks, head
 ]
 
 
@@ -149,12 +150,35 @@ def test_rnn_on_float_sequences_matches_28_rows_as_28_steps():
     (["model=rnn", "model.embedding=null"], REBER, "model.embedding"),
     (["model=mobilenet_v2", "model.stem_stride=3"], CIFAR, "model.stem_stride"),
     (["model=conv6"], DataSpec("tiny", (3, 4, 4), 10), "model.blocks"),
+    (["model=vit_tiny", "model.patch=5"], MNIST, "model.patch"),
+    (["model=vit_tiny", "model.heads=3"], MNIST, "model.heads"),
+    (["model=vit_tiny"], SEQ, "model.arch"),
+    (["model=lenet_300_100", "model.activation=topk", "model.activation_k=100"], MNIST, "model.activation_k"),
+    (["model=lenet_300_100", "model.activation=swish"], MNIST, "model.activation"),
 ])
 def test_bad_model_configs_are_one_line_errors(overrides, spec, field):
     cfg = compose_cfg(*overrides)
     with pytest.raises(ConfigError) as e:
         models.build(cfg.model, spec, 0)
     assert e.value.field == field and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["lenet_300_100", "vit_tiny"])
+def test_top_k_activation_is_a_model_option_that_keeps_k_per_token(name):
+    from sparse_run.engine.probe import ActivationProbe
+
+    model, _ = build(name, MNIST, "model.activation=topk", "model.activation_k=8")
+    x, _ = batch(MNIST, n=16)
+    with ActivationProbe(model) as probe:
+        out = model(x)
+    assert out.shape == (16, 10)
+    widths = [m.in_features for n, m in model.named_modules() if n.endswith(("fc2", "hidden.1", "out"))
+              and isinstance(m, nn.Linear)]
+    assert widths and all(r.nonzero <= 8 / 100 + 1e-9 for r in probe.report())  # ≤ k of ≥ 100 units per token
+    plain, _ = build(name, MNIST)
+    with ActivationProbe(plain) as probe:
+        plain(x)
+    assert all(r.nonzero > 8 / 100 for r in probe.report())
 
 
 def test_mobilenet_v2_width_and_stem_follow_the_config():
@@ -173,3 +197,4 @@ def test_the_model_table_command_prints_every_shipped_model(capsys):
     assert "| `lenet_300_100` | mnist [1, 28, 28] | 266,200 | 0 | 266,200 | 0 | 0 |" in out
     assert "| `mf_bpr` | implicit_synth [2] | 192,000 | 0 | 0 | 0 | 192,000 |" in out
     assert "| `rnn` | reber [53] | 60,100 | 0 | 100 | 60,000 | 400 |" in out
+    assert "| `vit_tiny` | mnist [1, 28, 28] | 200,384 | 0 | 200,384 | 0 | 0 |" in out
