@@ -151,11 +151,11 @@ class ModelConfig:
     """``model/``: one architecture (``arch``); keys after ``init`` are read by the archs named in their meaning."""
 
     name: str = key(MISSING, "model name (the summary's model column)")
-    arch: str = key(MISSING, "mlp | convfc | vgg | resnet | mobilenet_v2 | rnn | mf | vit (models.ARCHS)")
+    arch: str = key(MISSING, "mlp | convfc | vgg | resnet | mobilenet_v2 | rnn | mf | vit | moe (models.ARCHS)")
     width: float = key(1.0, "multiplies every channel count / hidden size (small-dense baselines)")
     init: str = key(MISSING, "glorot_normal | glorot_uniform | kaiming_normal | kaiming_uniform | default (rnn)")
     hidden: Any = key(None, "mlp, convfc: hidden layer sizes (list); rnn: hidden size per layer; mf: embedding dim; "
-                            "vit: MLP hidden size")
+                            "vit: MLP hidden size; moe: each expert's hidden size")
     blocks: Optional[list[list[int]]] = key(None, "convfc: conv channels per pooled block")
     kernel: Optional[int] = key(None, "convfc: conv kernel size")
     padding: Any = key(None, "convfc: 'same' or an integer")
@@ -169,8 +169,11 @@ class ModelConfig:
                                   "activation-sparsity probe hooks)")
     activation_k: Optional[int] = key(None, "activation topk: activations kept per token, 1 <= k < the layer's width")
     patch: Optional[int] = key(None, "vit: patch side (must divide the image)")
-    dim: Optional[int] = key(None, "vit: token width")
+    dim: Optional[int] = key(None, "vit: token width; moe: the stem's output width")
     heads: Optional[int] = key(None, "vit: attention heads (must divide dim)")
+    experts: Optional[int] = key(None, "moe: experts in the MoE layer")
+    top_k: Optional[int] = key(None, "moe: experts each token is routed to (<= experts)")
+    aux_weight: Optional[float] = key(None, "moe: weight of the load-balancing loss added to the task loss")
 
 
 @dataclass

@@ -53,6 +53,9 @@ def check_config(cfg: Any, lockstep: tuple[str, ...]) -> None:
     if OmegaConf.select(cfg, "dataset.layout") == "interactions":
         raise ConfigError("train.replicates", f"got {k} with dataset.layout=interactions; ranking data trains "
                                               "single runs only (use seed=0,1,2 --multirun)")
+    if OmegaConf.select(cfg, "model.arch") == "moe":
+        raise ConfigError("train.replicates", f"got {k} with model.arch=moe; its load-balancing loss is added by the "
+                                              "single-run trainer only (use seed=0,1,2 --multirun)")
     if kind not in lockstep:
         raise ConfigError("train.replicates", f"got {k} with method.schedule.kind={kind}; "
                                               f"replicates > 1 support: {', '.join(lockstep)}")

@@ -214,8 +214,11 @@ class SingleModule:
         model.train()
 
     def forward_loss(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss to step on — the task's, plus the model's ``aux_loss()`` when it has one (an MoE's load
+        balancing) — and the task loss alone, which is what ``train_loss`` records."""
         loss = self.task.loss(self.fwd(xb[0]), yb[0])
-        return loss, loss.detach()
+        aux = self.model.aux_loss() if hasattr(self.model, "aux_loss") else None
+        return (loss if aux is None else loss + aux), loss.detach()
 
     def zero_grad(self) -> None:
         self._step.zero_grad()

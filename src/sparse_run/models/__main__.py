@@ -22,7 +22,7 @@ REFERENCE = {  # the input each model is counted on
     "mobilenet_v2": DataSpec("cifar10", (3, 32, 32), 10),
     "rnn": DataSpec("reber", (53,), 2, kind="tokens", vocab_size=8),
     "mf": DataSpec("implicit_synth", (2,), 2, kind="interactions", num_users=2000, num_items=1000),
-    "vit": DataSpec("mnist", (1, 28, 28), 10),
+    "vit": DataSpec("mnist", (1, 28, 28), 10), "moe": DataSpec("mnist", (1, 28, 28), 10),
 }
 POLICY = OmegaConf.create({"layers": ["linear", "conv", "rnn", "embedding"], "prune_first": True, "prune_last": True,
                            "exclude": [], "last_rate_scale": 1.0})

@@ -15,7 +15,7 @@ from torch import nn
 from sparse_run.config import ConfigError, choice
 from sparse_run.data.spec import DataSpec
 
-from . import convnets, mf, mobilenet, resnet, rnn, vit
+from . import convnets, mf, mobilenet, moe, resnet, rnn, vit
 from .activations import activation
 
 INITS: dict[str, Callable[[torch.Tensor], Any] | None] = {
@@ -62,6 +62,7 @@ ARCHS: dict[str, Callable[[Any, DataSpec], nn.Module]] = {
     "rnn": rnn.rnn,                         # tanh / relu / gru / lstm over sequences or tokens
     "mf": mf.mf,                            # matrix factorisation over (user, item) interactions
     "vit": vit.vit,                         # tiny Vision Transformer with ReLU MLPs (the Lazy Neuron study)
+    "moe": moe.moe,                         # stem + one top-k MoE layer of gated-MLP experts (expert pruning)
 }
 
 

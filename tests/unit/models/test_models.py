@@ -198,3 +198,4 @@ def test_the_model_table_command_prints_every_shipped_model(capsys):
     assert "| `mf_bpr` | implicit_synth [2] | 192,000 | 0 | 0 | 0 | 192,000 |" in out
     assert "| `rnn` | reber [53] | 60,100 | 0 | 100 | 60,000 | 400 |" in out
     assert "| `vit_tiny` | mnist [1, 28, 28] | 200,384 | 0 | 200,384 | 0 | 0 |" in out
+    assert "| `moe_mnist` | mnist [1, 28, 28] | 149,632 | 0 | 149,632 | 0 | 0 |" in out
