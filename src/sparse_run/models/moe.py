@@ -67,6 +67,22 @@ class MoE(nn.Module):
         self.active.zero_()
         self.active[keep] = True
 
+    def expert_weights(self) -> list[dict[str, torch.Tensor]]:
+        """Each expert as ``sparsity.experts.Expert`` (detached copies)."""
+        return [{f"{name}_{kind}": getattr(getattr(e, name), attr).detach().clone()
+                 for name in ("gate", "up", "down") for kind, attr in (("w", "weight"), ("b", "bias"))}
+                for e in self.experts]
+
+    @torch.no_grad()
+    def load_experts(self, reduced: dict[int, dict[str, torch.Tensor]]) -> None:
+        """Write the reduced experts back and route to them only (the rest are never chosen again)."""
+        for k, w in reduced.items():
+            e = self.experts[k]
+            for mod, name in ((e.gate, "gate"), (e.up, "up"), (e.down, "down")):
+                mod.weight.copy_(w[f"{name}_w"])
+                mod.bias.copy_(w[f"{name}_b"])
+        self.keep(list(reduced))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = torch.relu(self.stem(x.flatten(1)))
         probs, top_i, top_w = route(self.router(h), self.k, self.active)

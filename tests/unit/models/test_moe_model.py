@@ -64,3 +64,20 @@ def test_kept_experts_restrict_the_router_and_bad_settings_are_one_line_errors()
     with pytest.raises(ConfigError, match=r"^model.top_k: got 9"):
         models.build(compose_cfg("model=moe_mnist", "model.top_k=9").model, MNIST, 0)
     assert not math.isnan(model(torch.randn(4, 1, 28, 28)).sum().item())
+
+
+def test_dern_applied_to_the_model_keeps_shapes_and_routes_to_the_kept_experts_only():
+    from sparse_run.sparsity import experts as ex
+
+    model = models.build(compose_cfg("model=moe_mnist").model, MNIST, 0)
+    before = {n: p.shape for n, p in model.named_parameters()}
+    reduced = ex.reduce(model.expert_weights(), torch.full((8,), 1 / 8), [0, 2, 4, 6], "dern")
+    model.load_experts(reduced)
+    assert {n: p.shape for n, p in model.named_parameters()} == before
+    assert torch.equal(model.experts[2].up.weight, reduced[2]["up_w"])
+    model.eval()
+    from sparse_run.models.moe import route
+
+    h = torch.relu(model.stem(torch.randn(64, 784)))
+    _, top_i, _ = route(model.router(h), model.k, model.active)
+    assert set(top_i.flatten().tolist()) <= {0, 2, 4, 6}
