@@ -17,7 +17,8 @@ import yaml
 from conftest import REPO, compose_cfg
 
 SRC = REPO / "src" / "sparse_run"
-KIND_WORDS = ("iterative", "oneshot", "at_init", "gradual", "dynamic", "sharing", "random_search", "nm", "nm_compare", "kernel_study", "graph_rnn")
+KIND_WORDS = ("iterative", "oneshot", "at_init", "gradual", "dynamic", "sharing", "random_search", "expert_prune", "nm",
+              "nm_compare", "kernel_study", "graph_rnn")
 
 
 def _modules() -> dict[str, Path]:

@@ -29,8 +29,8 @@ class SelectionConfig:
 class ScheduleConfig:
     """``method.schedule``: when and how much is pruned; ``kind`` picks the method module (methods.REGISTRY)."""
 
-    kind: str = key(MISSING, "none | iterative | oneshot | at_init | gradual | dynamic | sharing | random_search | nm | "
-                             "nm_compare | kernel_study | graph_rnn")
+    kind: str = key(MISSING, "none | iterative | oneshot | at_init | gradual | dynamic | sharing | random_search | "
+                             "expert_prune | nm | nm_compare | kernel_study | graph_rnn")
     rounds: Optional[int] = key(None, "iterative: pruning rounds after the dense round 0; sharing: LTR rounds (null: none)")
     rate: Optional[float] = key(None, "iterative, sharing (LTR): fraction of surviving weights removed per round")
     rewind: Optional[str] = key(None, "iterative: init | step | none: where survivors return after each round")
@@ -62,6 +62,10 @@ class ScheduleConfig:
     retrain_seeds: Optional[int] = key(None, "random_search: fresh data orders each retrained arm is trained on")
     target_acc: Optional[float] = key(None, "random_search: validation accuracy whose first crossing gives "
                                             "epochs_to_target")
+    experts_kept: Optional[list[int]] = key(None, "expert_prune: experts left after the reduction, one level each "
+                                                  "(top_k … experts − 1)")
+    reductions: Optional[list[str]] = key(None, "expert_prune: random | drop | average | matched_average | dern")
+    calibration: Optional[int] = key(None, "expert_prune: training examples the router statistics are taken on")
     densities: Optional[list[float]] = key(None, "at_init, oneshot, dynamic: fractions kept, one arm per level")
     sparsities: Optional[list[float]] = key(None, "at_init, oneshot, dynamic: or the fractions removed")
     finetune_steps: Optional[int] = key(None, "oneshot, dynamic (prune_ft): fine-tuning steps after pruning each level")

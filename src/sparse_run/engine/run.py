@@ -187,6 +187,23 @@ class Run:
         if inflight.exists():
             inflight.unlink()
 
+    def record_eval(self, key: str, model: torch.nn.Module, masks: MaskSet, round_: int, variant: str, *,
+                    target_density: float, method: str | None = None, extra: dict[str, Any] | None = None) -> None:
+        """Record an arm that is evaluated, not trained (a retraining-free reduction of a trained model): the
+        task's validation and test metrics of ``model`` as it is, ``steps`` 0."""
+        from .tasks import for_data
+
+        model.eval()
+        with torch.no_grad():
+            val_loss, val_acc, test_acc, more = for_data(self.data).evaluate(model, self.data)
+        ctx = self.context(round_, variant, method)
+        acc = float(test_acc)
+        row = {**ctx, "target_density": target_density, "density": masks.density(), "nonzeros": masks.nonzeros(),
+               "prunable": masks.numel(), "test_acc": acc, "early_stop_step": 0, "test_acc_at_early_stop": acc,
+               "val_acc": float(val_acc), "val_loss": float(val_loss), "steps": 0, "wall_s": None, "status": "ok",
+               "nnz_params": nnz_params(model, masks), **{k: float(v) for k, v in more.items()}, **(extra or {})}
+        self._finish_arm(key, row, [], ctx)
+
     def record_diverged(self, key: str, masks: MaskSet, round_: int, variant: str, *, target_density: float,
                         error: str, method: str | None = None, extra: dict[str, Any] | None = None) -> None:
         """Record an arm whose loss became NaN / infinite (``Diverged``) as one that learned nothing: its accuracy

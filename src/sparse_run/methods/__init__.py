@@ -19,7 +19,7 @@ from sparse_run.sparsity.patterns import PATTERNS
 from sparse_run.sparsity.patterns import validate_method as validate_pattern
 from sparse_run.studies import graph_rnn, kernel_study
 
-from . import at_init, dense, dynamic, gradual, iterative, nm, oneshot, random_search, sharing
+from . import at_init, dense, dynamic, expert_prune, gradual, iterative, nm, oneshot, random_search, sharing
 from .base import Method
 
 REGISTRY: dict[str, Method] = {m.kind: m for m in (
@@ -31,6 +31,7 @@ REGISTRY: dict[str, Method] = {m.kind: m for m in (
     dynamic.METHOD,
     sharing.METHOD,
     random_search.METHOD,
+    expert_prune.METHOD,
     nm.METHOD,
     nm.COMPARE,
     # studies: kinds that are not pruning schedules

@@ -16,6 +16,8 @@ from sparse_run.store.schema import SUMMARY_COLUMNS, rows_to_csv
 from .collect import FINISHED, _grouped, collect, counted
 from .dst import figures as dst_figures
 from .dst import is_dst
+from .experts import figures as expert_figures
+from .experts import is_expert_prune
 from .random_search import figures as rs_figures
 from .random_search import is_random_search
 from .sharing import figures as sharing_figures
@@ -91,6 +93,9 @@ def report_figures(ok: pd.DataFrame, out: Path) -> list[Path]:
         stem = out / f"{exp}_{budget}"
         if is_sharing(sub):  # parameter sharing vs pruning: one set of figures over every run of the experiment
             made += sharing_figures(sub, f"{stem}_", title)
+            continue
+        if is_expert_prune(sub):  # MoE expert pruning: one figure over every run of the experiment
+            made += expert_figures(sub, f"{stem}_", title)
             continue
         if is_random_search(sub):  # Random Search: one set of figures over every run of the experiment
             made += rs_figures(sub, f"{stem}_", title)
