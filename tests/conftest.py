@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import pytest
 from hydra import compose, initialize_config_module
@@ -25,6 +26,35 @@ def run_cli(*args: str, check: bool = True, timeout: int = 600, env: dict | None
     if check and proc.returncode != 0:
         raise AssertionError(f"sparse-run {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return proc
+
+
+def sigkill_inside(args: list[str], results: Path, experiment: str, inside: Callable[[str], bool]) -> Path:
+    """Start ``sparse-run args`` into ``results``, SIGKILL it while an arm for which ``inside(arm key)`` holds has an
+    in-flight checkpoint, and return that run's directory (its ``run.json`` still says running)."""
+    import json
+    import signal
+    import time
+
+    import torch
+
+    proc = subprocess.Popen([CLI, *args, f"paths.results_dir={results}"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline, target = time.time() + 120, None
+    while time.time() < deadline and proc.poll() is None:
+        found = list((results / experiment).glob("*/checkpoints/inflight.pt")) if results.exists() else []
+        try:  # an arm that finishes removes its checkpoint between the glob and the load (or it is mid-write)
+            inflight = torch.load(found[0], weights_only=True) if found else None
+        except (FileNotFoundError, RuntimeError, EOFError):
+            inflight = None
+        if inflight is not None and inside(inflight["arm"]):
+            target = found[0].parent.parent
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None and target is not None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert json.loads((target / "run.json").read_text())["status"] == "running"
+    return target
 
 
 @pytest.fixture(scope="session")

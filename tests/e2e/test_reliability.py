@@ -4,16 +4,13 @@ from __future__ import annotations
 import errno
 import json
 import os
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
-from conftest import CLI, run_cli
+from conftest import run_cli, sigkill_inside
 from sparse_run.store import files
 
 ARGS = ["experiment=lottery_mnist", "budget=smoke", "method.schedule.rounds=2", "threads=1"]
@@ -44,24 +41,8 @@ def test_sigkill_mid_round_then_rerun_equals_uninterrupted(tmp_path):
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     run_cli(*args, f"paths.results_dir={ref}")
 
-    proc = subprocess.Popen([CLI, *args, f"paths.results_dir={killed}"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    target = None
-    while time.time() < deadline and proc.poll() is None:
-        dirs = list((killed / "lottery_mnist").glob("*/checkpoints/inflight.pt")) if killed.exists() else []
-        try:  # an arm that finishes removes its inflight checkpoint between the glob and the load
-            inflight = torch.load(dirs[0], weights_only=True) if dirs else None
-        except FileNotFoundError:
-            inflight = None
-        if inflight is not None and inflight["arm"] != "r0/dense":  # mid-round, after a pruning event
-            target = dirs[0].parent.parent
-            break
-        time.sleep(0.01)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert json.loads((target / "run.json").read_text())["status"] == "running"
+    # mid-round, after a pruning event
+    target = sigkill_inside(args, killed, "lottery_mnist", lambda arm: arm != "r0/dense")
 
     out = run_cli(*args, f"paths.results_dir={killed}").stdout
     assert "resuming" in out

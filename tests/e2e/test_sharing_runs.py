@@ -3,16 +3,10 @@ every arm at exactly the trained-parameter count it reports, the accounting colu
 are one line naming their field before any work."""
 from __future__ import annotations
 
-import json
-import signal
-import subprocess
-import time
-
 import pandas as pd
 import pytest
-import torch
 
-from conftest import CLI, compose_cfg, run_cli
+from conftest import compose_cfg, run_cli, sigkill_inside
 from sparse_run.config import ConfigError
 from sparse_run.execute import effective
 
@@ -86,23 +80,7 @@ def test_sigkill_inside_a_shared_arm_then_rerun_equals_uninterrupted(tmp_path):
             "method.schedule.dense=false"]
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     run_cli(*args, f"paths.results_dir={ref}")
-    proc = subprocess.Popen([CLI, *args, f"paths.results_dir={killed}"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline, target = time.time() + 120, None
-    while time.time() < deadline and proc.poll() is None:
-        found = list((killed / "rps_mnist").glob("*/checkpoints/inflight.pt")) if killed.exists() else []
-        try:
-            inflight = torch.load(found[0], weights_only=True) if found else None
-        except (FileNotFoundError, RuntimeError, EOFError):
-            inflight = None
-        if inflight is not None and inflight["arm"].startswith("hashed_net/"):  # inside the second arm
-            target = found[0].parent.parent
-            break
-        time.sleep(0.01)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert json.loads((target / "run.json").read_text())["status"] == "running"
+    target = sigkill_inside(args, killed, "rps_mnist", lambda arm: arm.startswith("hashed_net/"))  # the second arm
     assert "resuming" in run_cli(*args, f"paths.results_dir={killed}").stdout
     want = pd.read_csv(next((ref / "rps_mnist").iterdir()) / "summary.csv").drop(columns=["wall_s"])
     pd.testing.assert_frame_equal(want, pd.read_csv(target / "summary.csv").drop(columns=["wall_s"]))
