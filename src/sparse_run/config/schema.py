@@ -46,6 +46,9 @@ class TrainConfig:
     linear_kernel: str = key("auto", "auto | onednn | aten: nn.Linear on CPU through oneDNN (auto: on CPU, eager)")
     replicates: int = key(1, "K > 1: seeds seed..seed+K-1 trained in one vectorised pass (lock-step kinds)")
     chance_check: bool = key(True, "flag an arm ending at chance accuracy (copied from budget.chance_check)")
+    probe_activations: int = key(0, "> 0: at every evaluation, the share of non-zero activations per ReLU / Top-k / "
+                                    "GELU layer on this many training and validation examples (0: off)")
+    probe_tau: float = key(0.0, "the activation probe's zero: |a| <= tau counts as zero for GELU (ReLU: exactly 0)")
 
 
 @dataclass

@@ -32,6 +32,11 @@ def validate_train(cfg: Any, lockstep: tuple[str, ...]) -> None:
     number(t.checkpoint_every, "train.checkpoint_every", lo=0, integer=True)
     if t.grad_clip is not None:
         number(t.grad_clip, "train.grad_clip", lo=0)  # lanes clip each lane's own norm, as single runs do
+    number(t.probe_activations, "train.probe_activations", lo=0, integer=True)
+    number(t.probe_tau, "train.probe_tau", lo=0)
+    if t.probe_activations and t.replicates > 1:
+        raise ConfigError("train.probe_activations", f"got {t.probe_activations} with train.replicates = "
+                                                     f"{t.replicates}; the probe reads one model (use 1 replicate)")
     lanes.check_config(cfg, lockstep)  # train.replicates
 
 

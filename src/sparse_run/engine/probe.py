@@ -77,3 +77,41 @@ class ActivationProbe:
             out.append(LayerSparsity(name, float(self._nonzero[name]) / n, float((~self._alive[name]).double().mean()),
                                      n, f"|a| <= {self.tau:g}" if isinstance(m, nn.GELU) else "== 0"))
         return out
+
+
+class ProbeHook:
+    """A ``loop.StepHook`` that measures activation sparsity at every evaluation and never in a training step:
+    the probe runs over fixed subsets (the first ``examples`` of a seeded permutation) of the training and the
+    validation inputs. Evaluation records gain ``act_nonzero_{train,val}`` and ``act_dead_{train,val}`` (means over
+    the activation layers) and ``act_nonzero_val_<layer>`` per layer."""
+
+    def __init__(self, model: nn.Module, train_x: torch.Tensor, val_x: torch.Tensor, examples: int,
+                 tau: float = 0.0, chunk: int = 4096) -> None:
+        gen = torch.Generator().manual_seed(0)
+        self.model, self.tau, self.chunk = model, float(tau), chunk
+        self.inputs = {split: x[torch.randperm(x.shape[0], generator=gen)[:examples].to(x.device)]
+                       for split, x in (("train", train_x), ("val", val_x))}
+
+    def __call__(self, step: int, model: nn.Module, masks: Any) -> None:
+        return None
+
+    @torch.no_grad()
+    def eval_metrics(self, step: int) -> dict[str, float]:
+        was_training = self.model.training
+        self.model.eval()
+        out: dict[str, float] = {}
+        try:
+            for split, x in self.inputs.items():
+                with ActivationProbe(self.model, self.tau) as probe:
+                    for i in range(0, x.shape[0], self.chunk):
+                        self.model(x[i:i + self.chunk])
+                rows = probe.report()
+                if not rows:
+                    continue
+                out[f"act_nonzero_{split}"] = sum(r.nonzero for r in rows) / len(rows)
+                out[f"act_dead_{split}"] = sum(r.dead for r in rows) / len(rows)
+                if split == "val":
+                    out.update({f"act_nonzero_val_{r.name}": r.nonzero for r in rows})
+        finally:
+            self.model.train(was_training)
+        return out

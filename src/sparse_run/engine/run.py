@@ -148,6 +148,11 @@ class Run:
             self.writer.save(INFLIGHT, {"arm": key, "state": state, "layers": plain(self.writer.layers)})
 
         n_steps = int(t.steps if steps is None else steps)
+        if int(t.get("probe_activations", 0)) > 0:  # activation sparsity at every evaluation (Lazy Neuron)
+            from .probe import ProbeHook
+
+            hooks = [*(hooks or []), ProbeHook(model, self.data.train_x, self.data.val_x, int(t.probe_activations),
+                                               float(t.probe_tau))]
 
         def fit(cap: Any = capture) -> TrainResult:
             fn = self.train_fn or train
@@ -169,8 +174,9 @@ class Run:
                "early_stop_step": result.early_stop_step, "test_acc_at_early_stop": result.test_acc_at_early_stop,
                "val_acc": result.final_val_acc, "steps": result.steps, "wall_s": round(result.wall_s, 3),
                "status": getattr(result, "status", "ok"), "nnz_params": nnz_params(model, masks),
-               # the task's further final test metrics (ranking: test_ndcg)
-               **{k: v for k, v in result.history[-1].items() if k.startswith("test_") and k != "test_acc"},
+               # the task's further final test metrics (ranking: test_ndcg) and the activation probe's
+               **{k: v for k, v in result.history[-1].items()
+                  if (k.startswith("test_") and k != "test_acc") or k.startswith("act_")},
                **(extra or {}),
                **(row_extra(result) if row_extra else {})}
         if save_as:

@@ -60,3 +60,34 @@ def test_top_k_layers_are_probed_and_hit_k_over_width():
     with ActivationProbe(net) as probe:
         net(torch.randn(64, 16, generator=torch.Generator().manual_seed(0)).abs() + 0.1)
     assert probe.report()[0].nonzero == pytest.approx(2 / 16)
+
+
+def test_probe_hook_measures_only_at_evaluations_and_restores_training_mode():
+    from sparse_run.engine.probe import ProbeHook
+
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    g = torch.Generator().manual_seed(0)
+    hook = ProbeHook(net, torch.randn(50, 4, generator=g), torch.randn(30, 4, generator=g), examples=20)
+    net.train()
+    assert hook(1, net, None) is None  # a training step: nothing measured
+    m = hook.eval_metrics(10)
+    assert net.training
+    assert set(m) == {"act_nonzero_train", "act_dead_train", "act_nonzero_val", "act_dead_val", "act_nonzero_val_1"}
+    with ActivationProbe(net) as probe:
+        net.eval()
+        net(hook.inputs["val"])
+    assert m["act_nonzero_val"] == pytest.approx(probe.report()[0].nonzero)
+    assert hook.inputs["train"].shape == (20, 4) and hook.inputs["val"].shape == (20, 4)
+
+
+def test_probe_settings_are_checked_in_one_line():
+    from conftest import compose_cfg
+    from sparse_run.execute import effective
+
+    for over, msg in (("train.probe_activations=-1", r"^train.probe_activations: got -1"),
+                      ("train.probe_tau=-0.1", r"^train.probe_tau: got -0.1")):
+        with pytest.raises(ConfigError, match=msg):
+            effective(compose_cfg("experiment=lottery_mnist", over), explicit=[over.split("=")[0]])
+    with pytest.raises(ConfigError, match=r"^train.probe_activations: got 100 with train.replicates = 2"):
+        effective(compose_cfg("experiment=lottery_mnist", "train.probe_activations=100", "train.replicates=2"),
+                  explicit=["train.probe_activations", "train.replicates"])
