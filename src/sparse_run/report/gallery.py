@@ -18,6 +18,7 @@ from sparse_run.store.files import atomic_write_text
 
 from . import scoreboard
 from .claims import Score
+from .collect import canonical_override
 from .scoreboard import BUDGET_ORDER
 
 
@@ -149,10 +150,12 @@ def _paper_not_run(quick_runs: pd.DataFrame | None, quick_wall_s: float) -> str:
            f"at least {quick_wall_s / scale / 60:.0f} min of this machine for these seeds.*\n"
 
 
-def _we_see(scores: list[Score], experiment: str, budget: str) -> str:
-    mine = [s for s in scores if s.claim.experiment == experiment and s.budget == budget]
+def _we_see(scores: list[Score], experiment: str, budget: str, overrides: list[str] = ()) -> str:
+    """The verdicts of the claims scored on this entry's runs: its experiment, budget and exactly its overrides."""
+    own = tuple(sorted(canonical_override(o) for o in overrides))
+    mine = [s for s in scores if s.claim.experiment == experiment and s.budget == budget and s.claim.overrides == own]
     if not mine:
-        return "no claims of this experiment are scored (a figure to read, not a verdict)"
+        return "no claims are scored on these runs (a figure to read, not a verdict)"
     return "; ".join(f"{s.claim.name} **{s.verdict}** ({scoreboard.ours(s)}, n = {s.n})" for s in mine)
 
 
@@ -179,7 +182,7 @@ def build(results: Path, items: list[Entry], scores: list[Score], budget: str) -
         for b in budgets:
             prov = provs[b]
             wall = f"run time {prov['wall_s'] / 60:.1f} min (summed over the runs)"
-            parts.append(f"**{b}** — Paper: {e.paper}.  \nWe see: {_we_see(scores, e.experiment, b)}.\n")
+            parts.append(f"**{b}** — Paper: {e.paper}.  \nWe see: {_we_see(scores, e.experiment, b, e.overrides)}.\n")
             parts.append(f"<sub>{prov['runs']} runs · {prov['cpu']}, {prov['threads']} threads"
                          + (f" of {prov['cores']} cores" if prov["cores"] else "")
                          + f" · torch {prov['torch']} · commit {', '.join(prov['commits']) or '?'} · "

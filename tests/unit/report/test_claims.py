@@ -250,3 +250,14 @@ def test_side_by_side_has_one_row_per_claim_and_a_column_pair_per_budget(tmp_pat
     assert len(lines) == 4 and all(line.count("|") == 7 for line in lines)
     assert "[`lottery_mnist`](#lth) ticket_beats_dense" in lines[2]
     assert "| reproduced |" in lines[2] and lines[2].endswith("| not reproduced |")
+
+
+def test_a_gallery_entry_lists_only_the_claims_scored_on_its_own_runs():
+    plain = claims.Score(_claim(name="plain"), "quick", n=3, mean=1.0, lo=0.5, hi=1.5, verdict="reproduced")
+    swept = claims.Score(_claim(name="swept", overrides=["method.schedule.dense=false"]), "quick", n=3, mean=2.0,
+                         lo=1.0, hi=3.0, verdict="reproduced")
+    assert "plain" in gallery._we_see([plain, swept], "lottery_mnist", "quick")
+    assert "swept" not in gallery._we_see([plain, swept], "lottery_mnist", "quick")
+    only = gallery._we_see([plain, swept], "lottery_mnist", "quick", ["method.schedule.dense=False"])
+    assert "swept" in only and "plain" not in only
+    assert gallery._we_see([plain], "lottery_mnist", "quick", ["hardware=cpu_sparse"]).startswith("no claims")
