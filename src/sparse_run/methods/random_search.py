@@ -135,7 +135,8 @@ def run_random_search(run: Run) -> None:
                                      "flops": masks.nonzeros()},
                               row_extra=lambda res: {"score_trained": res.history[-1]["val_loss"]})
             scores = _scores(run, space, r)
-            searched = [k for k in range(n_cand)]
+            searched = list(range(n_cand))
+            ranked = sorted(searched, key=lambda c: scores[c]["trained"])
             picks = {"rs_best": min(searched, key=lambda k: scores[k]["trained"]),
                      "rs_best_init": min(searched, key=lambda k: scores[k]["init"]),
                      "rs_worst": max(searched, key=lambda k: scores[k]["trained"]),
@@ -145,8 +146,7 @@ def run_random_search(run: Run) -> None:
                     arm(f"{space}/r{r}/{variant}/s{j}", cands[k], r, variant, retrain_seed(run.seed, j), space=space,
                         units_removed=removed, cand=k, score_trained=scores[k]["trained"],
                         score_init=scores[k]["init"],
-                        score_rank=sorted(searched, key=lambda c: scores[c]["trained"]).index(k) + 1
-                        if k < n_cand else None)
+                        score_rank=ranked.index(k) + 1 if k < n_cand else None)
 
 
 def validate(cfg: Any) -> None:

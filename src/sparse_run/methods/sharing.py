@@ -100,8 +100,7 @@ def run_sharing(run: Run) -> None:
     if s.rounds:
         _ltr(run)
     if s.dense:
-        model = dense_baseline(run)
-        del model
+        dense_baseline(run)
     stds = [float(v) for v in s.init_stds]
     crits = criteria_of(run.cfg) if method.criteria else []
     for r, c in enumerate(compressions(run.cfg), start=1):
