@@ -30,7 +30,7 @@ class ScheduleConfig:
     """``method.schedule``: when and how much is pruned; ``kind`` picks the method module (methods.REGISTRY)."""
 
     kind: str = key(MISSING, "none | iterative | oneshot | at_init | gradual | dynamic | sharing | random_search | "
-                             "expert_prune | nm | nm_compare | kernel_study | graph_rnn")
+                             "expert_prune | nm | nm_compare | kernel_study | graph_rnn | lazy_neuron")
     rounds: Optional[int] = key(None, "iterative: pruning rounds after the dense round 0; sharing: LTR rounds (null: none)")
     rate: Optional[float] = key(None, "iterative, sharing (LTR): fraction of surviving weights removed per round")
     rewind: Optional[str] = key(None, "iterative: init | step | none: where survivors return after each round")
@@ -70,7 +70,19 @@ class ScheduleConfig:
     sparsities: Optional[list[float]] = key(None, "at_init, oneshot, dynamic: or the fractions removed")
     finetune_steps: Optional[int] = key(None, "oneshot, dynamic (prune_ft): fine-tuning steps after pruning each level")
     finetune_evals: Optional[int] = key(None, "oneshot: evaluations during fine-tuning (test_acc_ft_i columns)")
-    models: Any = key(None, "oneshot, graph_rnn: model arms, a list of mappings of model overrides")
+    models: Any = key(None, "oneshot, graph_rnn, lazy_neuron: model arms, a list of mappings of model overrides")
+    conditions: Optional[list[str]] = key(None, "lazy_neuron: the training-data conditions every model arm is "
+                                                "trained under, clean | random_labels | noise_inputs | label_noise")
+    topk: Optional[list[int]] = key(None, "lazy_neuron: Top-k arms of the experiment's model, k activations kept "
+                                          "per token each")
+    topk_conditions: Optional[list[str]] = key(None, "lazy_neuron: the conditions the Top-k arms and their ReLU "
+                                                     "baseline are trained under")
+    label_noise: Optional[float] = key(None, "lazy_neuron: share of training labels made wrong under label_noise "
+                                             "(symmetric: uniform over the other classes)")
+    corruption_stds: Optional[list[float]] = key(None, "lazy_neuron: std of the Gaussian noise added to the test "
+                                                       "inputs (normalised units), one test_acc_noise_<std> column "
+                                                       "each")
+    ece_bins: Optional[int] = key(None, "lazy_neuron: equal-width confidence bins of the expected calibration error")
     variant: Optional[str] = key(None, "nm: ste | srste | oneshot | bdwp")
     decay: Optional[float] = key(None, "nm, nm_compare: λ_W of SR-STE (also bdwp; ste uses 0)")
     patterns: Optional[list[str]] = key(None, "nm_compare: the 'N:M' patterns compared")

@@ -31,7 +31,8 @@ class LayerSparsity:
     nonzero: float
     dead: float
     tokens: int
-    zero_means: str  # "== 0" or "|a| <= tau"
+    zero_means: str
+    units: int  # the layer's width (activations per token)  # "== 0" or "|a| <= tau"
 
 
 class ActivationProbe:
@@ -45,6 +46,7 @@ class ActivationProbe:
         self._nonzero: dict[str, torch.Tensor] = {}
         self._tokens: dict[str, int] = {}
         self._alive: dict[str, torch.Tensor] = {}
+        self._units: dict[str, int] = {}
 
     def _hook(self, name: str, gelu: bool) -> Any:
         def hook(_mod: nn.Module, _inp: Any, out: torch.Tensor) -> None:
@@ -53,6 +55,7 @@ class ActivationProbe:
             frac = active.double().mean(dim=1).sum()
             self._nonzero[name] = self._nonzero.get(name, torch.zeros((), dtype=torch.float64, device=a.device)) + frac
             self._tokens[name] = self._tokens.get(name, 0) + a.shape[0]
+            self._units[name] = a.shape[1]
             seen = active.any(dim=0)
             self._alive[name] = self._alive[name] | seen if name in self._alive else seen
         return hook
@@ -75,7 +78,8 @@ class ActivationProbe:
             if not n:
                 continue
             out.append(LayerSparsity(name, float(self._nonzero[name]) / n, float((~self._alive[name]).double().mean()),
-                                     n, f"|a| <= {self.tau:g}" if isinstance(m, nn.GELU) else "== 0"))
+                                     n, f"|a| <= {self.tau:g}" if isinstance(m, nn.GELU) else "== 0",
+                                     self._units[name]))
         return out
 
 
@@ -91,6 +95,7 @@ class ProbeHook:
         self.model, self.tau, self.chunk = model, float(tau), chunk
         self.inputs = {split: x[torch.randperm(x.shape[0], generator=gen)[:examples].to(x.device)]
                        for split, x in (("train", train_x), ("val", val_x))}
+        self.units: dict[str, int] = {}  # per activation layer, as of the last measurement
 
     def __call__(self, step: int, model: nn.Module, masks: Any) -> None:
         return None
@@ -108,6 +113,7 @@ class ProbeHook:
                 rows = probe.report()
                 if not rows:
                     continue
+                self.units = {r.name: r.units for r in rows}
                 out[f"act_nonzero_{split}"] = sum(r.nonzero for r in rows) / len(rows)
                 out[f"act_dead_{split}"] = sum(r.dead for r in rows) / len(rows)
                 if split == "val":

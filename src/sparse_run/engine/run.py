@@ -114,7 +114,7 @@ class Run:
                   method: str | None = None, steps: int | None = None, hooks: list[StepHook] | None = None,
                   extra: dict[str, Any] | None = None, early_stop_from: int = 0,
                   row_extra: Callable[[TrainResult], dict[str, Any]] | None = None,
-                  context: dict[str, Any] | None = None) -> TrainResult:
+                  context: dict[str, Any] | None = None, data: data_mod.DataBundle | None = None) -> TrainResult:
         """Train one arm (resuming mid-arm if a checkpoint for it exists) and record its row.
 
         ``save_as`` stores the trained weights + masks before the arm is marked done, so a kill at
@@ -127,9 +127,13 @@ class Run:
         N:M training); ``extra`` adds columns to the row and ``row_extra(result)`` computed ones;
         ``context`` adds or overrides the arm's identifying columns in the summary and metrics (e.g.
         ``pattern``; its ``seed`` also sets the arm's data order); ``early_stop_from`` restricts the
-        early-stop search to evaluations at or after that step (gradual pruning: once the masks are final).
+        early-stop search to evaluations at or after that step (gradual pruning: once the masks are final);
+        ``data`` trains on another bundle than the run's (a training-data condition: noisy labels, noise inputs).
         """
         t = self.cfg.train
+        data = data or self.data
+        if stage and data is not self.data:
+            raise ValueError(f"arm {key}: a cached stage ({stage}) trains on the run's own data")
         ctx = {**self.context(round_, variant, method), **(context or {})}
         inflight = self.dir / INFLIGHT
         resume = start_state
@@ -151,12 +155,12 @@ class Run:
         if int(t.get("probe_activations", 0)) > 0:  # activation sparsity at every evaluation (Lazy Neuron)
             from .probe import ProbeHook
 
-            hooks = [*(hooks or []), ProbeHook(model, self.data.train_x, self.data.val_x, int(t.probe_activations),
+            hooks = [*(hooks or []), ProbeHook(model, data.train_x, data.val_x, int(t.probe_activations),
                                                float(t.probe_tau))]
 
         def fit(cap: Any = capture) -> TrainResult:
             fn = self.train_fn or train
-            return fn(model, masks, self.data, t, steps=n_steps, eval_every=min(int(t.eval_every), n_steps),
+            return fn(model, masks, data, t, steps=n_steps, eval_every=min(int(t.eval_every), n_steps),
                       seed=int(ctx["seed"]), desc=f"round {round_} {variant}", checkpoint=checkpoint,
                       resume=resume, on_eval=lambda rec: self.log.log_eval(rec, ctx), capture=cap, hooks=hooks)
 
