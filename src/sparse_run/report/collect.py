@@ -220,3 +220,15 @@ def counted(df: pd.DataFrame) -> pd.DataFrame:
     """Finished rows, each training once (drops the repeats ``collect`` marked; other frames pass)."""
     ok = df[df.status.isin(FINISHED)] if "status" in df else df
     return ok[ok.counted.fillna(True).astype(bool)] if "counted" in ok else ok
+
+
+def run_files(df: pd.DataFrame, name: str) -> pd.DataFrame:
+    """``name`` (``metrics.jsonl`` or ``layers.csv``) of every run behind ``df``, with a ``run_dir`` column."""
+    frames = []
+    for run_dir in df.run_dir.dropna().unique() if "run_dir" in df else []:
+        f = Path(run_dir) / name
+        if f.exists():
+            part = (pd.DataFrame([json.loads(line) for line in f.read_text().splitlines() if line.strip()])
+                    if name.endswith(".jsonl") else pd.read_csv(f))
+            frames.append(part.assign(run_dir=run_dir))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

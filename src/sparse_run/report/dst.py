@@ -8,7 +8,6 @@ order) and shown with a 95 % Student-t interval over seeds; with one seed the po
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -18,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .claims import t_interval  # noqa: E402
+from .collect import run_files  # noqa: E402
 from .plot import save_titled  # noqa: E402
 
 ARMS = ("static", "set", "rigl", "snfs", "dsl", "gmp", "prune_ft", "rigl_2x", "small_dense")
@@ -148,21 +148,9 @@ def flops_figure(df: pd.DataFrame, out: Path, title: str) -> Path | None:
     return save_titled(fig, out, title, df)
 
 
-def _run_files(df: pd.DataFrame, name: str) -> pd.DataFrame:
-    """``name`` (``metrics.jsonl`` or ``layers.csv``) of every run behind ``df``, with a ``run_dir`` column."""
-    frames = []
-    for run_dir in df.run_dir.dropna().unique() if "run_dir" in df else []:
-        f = Path(run_dir) / name
-        if f.exists():
-            part = (pd.DataFrame([json.loads(line) for line in f.read_text().splitlines() if line.strip()])
-                    if name.endswith(".jsonl") else pd.read_csv(f))
-            frames.append(part.assign(run_dir=run_dir))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
 def itop_figure(df: pd.DataFrame, out: Path, title: str) -> Path | None:
     """R_s = |∪_t mask_t| / N over training for every updating arm, one panel per level (mean over seeds)."""
-    m = _run_files(df, "metrics.jsonl")
+    m = run_files(df, "metrics.jsonl")
     if m.empty or "itop" not in m or m.itop.isna().all():
         return None
     m = m[m.itop.notna()].merge(df[["run_dir", "round", "variant", "target_density"]].drop_duplicates(),
@@ -187,7 +175,7 @@ def swaps_figure(df: pd.DataFrame, out: Path, title: str) -> Path | None:
     """Weights moved at each update as a share of the active ones, per updating arm and level (mean over seeds),
     against ζ_t: a swap is a newly grown weight, so the share is at most ζ_t (a dropped weight regrown at once is
     not a swap). From ``layers.csv``."""
-    lay = _run_files(df, "layers.csv")
+    lay = run_files(df, "layers.csv")
     if lay.empty or "swapped" not in lay or lay.swapped.isna().all():
         return None
     ev = lay[lay.step > 0].dropna(subset=["swapped"])

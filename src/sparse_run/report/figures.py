@@ -2,7 +2,8 @@
 methods), accuracy vs non-zeros, and the PNG + PDF + JSON sidecar every figure is saved as.
 
 ``run_figures(run_dir, figures)`` draws what the run's method declares (``Method.figures``: ``levels``,
-``nm``, ``rnn``, ``dst``, ``sharing``, ``random_search``, ``experts``, ``none``); without a declaration (an older run) it is read off the summary's columns.
+``nm``, ``rnn``, ``dst``, ``sharing``, ``random_search``, ``experts``, ``lazy_neuron``, ``none``); without a
+declaration (an older run) it is read off the summary's columns.
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ from .plot import _note_not_drawn, _pct_axis, _provenance, save_figure  # noqa: 
 from .rnn import run_figures as rnn_figures  # noqa: E402
 from .experts import figures as expert_figures  # noqa: E402
 from .experts import is_expert_prune  # noqa: E402
+from .lazy_neuron import figures as lazy_figures  # noqa: E402
+from .lazy_neuron import is_lazy_neuron  # noqa: E402
 from .random_search import figures as rs_figures  # noqa: E402
 from .random_search import is_random_search  # noqa: E402
 from .sharing import figures as sharing_figures  # noqa: E402
@@ -174,7 +177,7 @@ def run_figures(run_dir: Path, figures: str | None = None) -> list[Path]:
     if figures is None:
         figures = ("nm" if "pattern" in df and df.pattern.notna().any() else "dst" if is_dst(df)
                    else "sharing" if is_sharing(df) else "random_search" if is_random_search(df)
-                   else "experts" if is_expert_prune(df)
+                   else "experts" if is_expert_prune(df) else "lazy_neuron" if is_lazy_neuron(df)
                    else "rnn" if {"policy_arm", "graph_family"} & set(df.columns) else "levels")
     first = df.iloc[0]
     title = (f"{first.experiment}: {first.model} on {first.dataset}, method {first.method}, "
@@ -189,6 +192,8 @@ def run_figures(run_dir: Path, figures: str | None = None) -> list[Path]:
         return sharing_figures(df.assign(run_dir=str(run_dir)), f"{Path(run_dir) / 'figures'}/", title)
     if figures == "experts":  # retraining-free MoE expert pruning
         return expert_figures(df.assign(run_dir=str(run_dir)), f"{Path(run_dir) / 'figures'}/", title)
+    if figures == "lazy_neuron":  # activation sparsity over training, vs width and condition; Top-k vs ReLU
+        return lazy_figures(df.assign(run_dir=str(run_dir)), f"{Path(run_dir) / 'figures'}/", title)
     if figures == "random_search":  # RS winner vs random mask vs dense, selection vs retrained, convergence
         return rs_figures(df.assign(run_dir=str(run_dir)), f"{Path(run_dir) / 'figures'}/", title)
     out = Path(run_dir) / "figures" / "accuracy_vs_density.png"

@@ -81,7 +81,7 @@ def sweep_figures(sweep: Path, budget: str, fixed: list[str] = ()) -> list[tuple
             kinds.add(f.name)
             out.append((f, f"{budget}_{f.name}"))
     for f in sorted(sweep.glob(f"budget={budget}*/figures/*.png")):
-        if f.name in kinds or f.name == "accuracy_vs_density.png" or f.name.startswith(("dst_", "rps_", "rs_", "moe_")):
+        if f.name in kinds or f.name == "accuracy_vs_density.png" or f.name.startswith(("dst_", "rps_", "rs_", "moe_", "lazy_")):
             continue  # drawn by the aggregate (DST: per configuration group, or the ΔT figure across groups; RPS, RS)
         label = _run_label(f.parent.parent.name, budget, list(fixed))
         out.append((f, f"{budget}_{label}_{f.name}" if label else f"{budget}_{f.name}"))

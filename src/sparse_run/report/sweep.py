@@ -18,6 +18,8 @@ from .dst import figures as dst_figures
 from .dst import is_dst
 from .experts import figures as expert_figures
 from .experts import is_expert_prune
+from .lazy_neuron import figures as lazy_figures
+from .lazy_neuron import is_lazy_neuron
 from .random_search import figures as rs_figures
 from .random_search import is_random_search
 from .sharing import figures as sharing_figures
@@ -96,6 +98,9 @@ def report_figures(ok: pd.DataFrame, out: Path) -> list[Path]:
             continue
         if is_expert_prune(sub):  # MoE expert pruning: one figure over every run of the experiment
             made += expert_figures(sub, f"{stem}_", title)
+            continue
+        if is_lazy_neuron(sub):  # the Lazy Neuron study: one set of figures over every run of the experiment
+            made += lazy_figures(sub, f"{stem}_", title)
             continue
         if is_random_search(sub):  # Random Search: one set of figures over every run of the experiment
             made += rs_figures(sub, f"{stem}_", title)

@@ -26,7 +26,7 @@ def test_probe_counts_zeros_per_token_and_dead_units_apart():
     with ActivationProbe(net) as probe:
         net(x)
     (row,) = probe.report()
-    assert row.name == "act" and row.tokens == 2 and row.zero_means == "== 0"
+    assert row.name == "act" and row.tokens == 2 and row.zero_means == "== 0" and row.units == 4
     assert row.nonzero == pytest.approx((2 / 4 + 1 / 4) / 2)
     assert row.dead == pytest.approx(2 / 4)  # units 1 and 2 are zero on both tokens
 
