@@ -30,7 +30,8 @@ class ScheduleConfig:
     """``method.schedule``: when and how much is pruned; ``kind`` picks the method module (methods.REGISTRY)."""
 
     kind: str = key(MISSING, "none | iterative | oneshot | at_init | gradual | dynamic | sharing | random_search | "
-                             "expert_prune | nm | nm_compare | kernel_study | graph_rnn | lazy_neuron")
+                             "expert_prune | nm | nm_compare | kernel_study | graph_rnn | lazy_neuron | "
+                             "topk_moe_theory")
     rounds: Optional[int] = key(None, "iterative: pruning rounds after the dense round 0; sharing: LTR rounds (null: none)")
     rate: Optional[float] = key(None, "iterative, sharing (LTR): fraction of surviving weights removed per round")
     rewind: Optional[str] = key(None, "iterative: init | step | none: where survivors return after each round")
@@ -83,6 +84,12 @@ class ScheduleConfig:
                                                        "inputs (normalised units), one test_acc_noise_<std> column "
                                                        "each")
     ece_bins: Optional[int] = key(None, "lazy_neuron: equal-width confidence bins of the expected calibration error")
+    sample_sizes: Optional[list[int]] = key(None, "topk_moe_theory: n, the simulated sample sizes (increasing, >= 3)")
+    replications: Optional[int] = key(None, "topk_moe_theory: data sets drawn and fitted per sample size")
+    fits: Optional[list[str]] = key(None, "topk_moe_theory: the fitted models, k<experts>_K<top_k> (k2_K1: exact)")
+    restarts: Optional[int] = key(None, "topk_moe_theory: random L-BFGS starts of a top-K >= 2 fit, besides the warm "
+                                        "starts from top-1 fits")
+    fit_steps: Optional[int] = key(None, "topk_moe_theory: L-BFGS iterations per start of a top-K >= 2 fit")
     variant: Optional[str] = key(None, "nm: ste | srste | oneshot | bdwp")
     decay: Optional[float] = key(None, "nm, nm_compare: λ_W of SR-STE (also bdwp; ste uses 0)")
     patterns: Optional[list[str]] = key(None, "nm_compare: the 'N:M' patterns compared")

@@ -17,7 +17,7 @@ from sparse_run.engine import arms, checks
 from sparse_run.sparsity import CRITERIA, SCOPES
 from sparse_run.sparsity.patterns import PATTERNS
 from sparse_run.sparsity.patterns import validate_method as validate_pattern
-from sparse_run.studies import graph_rnn, kernel_study, lazy_neuron
+from sparse_run.studies import graph_rnn, kernel_study, lazy_neuron, topk_theory
 
 from . import at_init, dense, dynamic, expert_prune, gradual, iterative, nm, oneshot, random_search, sharing
 from .base import Method
@@ -41,6 +41,8 @@ REGISTRY: dict[str, Method] = {m.kind: m for m in (
            patterns=("unstructured",), figures="rnn"),
     Method(kind="lazy_neuron", run=lazy_neuron.run_study, validate=lazy_neuron.validate, model_arms=True,
            figures="lazy_neuron", trains=False),
+    Method(kind="topk_moe_theory", run=topk_theory.run_study, validate=topk_theory.validate, figures="none",
+           trains=False),
 )}
 CONTROL_VARIANTS = ("reinit", "random", "small_dense")
 

@@ -92,7 +92,7 @@ def curves_figure(df: pd.DataFrame, out: Path, title: str) -> Path:
         ax.set_xlabel("training step (0: θ0)")
         ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="lower left")
     axes[0].set_ylabel("non-zero activations per token (%)")
     return save_titled(fig, out, title, df)
 
