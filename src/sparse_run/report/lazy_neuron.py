@@ -126,7 +126,7 @@ def final_figure(df: pd.DataFrame, out: Path, title: str) -> Path:
         bx.bar(i, mean, color=CONDITION_STYLE[cond][0], alpha=0.8)
         bx.errorbar(i, mean, yerr=[[mean - lo], [hi - mean]], color="black", capsize=4)
         bx.plot(i, sub.init_act_nonzero_train.mean() * 100, "o", mfc="none", color="black")
-        bx.text(i, hi + 1, f"{mean:.1f} %\n(n={len(sub)})", ha="center", fontsize=7)
+        bx.text(i, max(hi, mean) + 1.5, f"{mean:.1f} % (n={len(sub)})", ha="center", fontsize=7)
     bx.set_xticks(range(len(conds)), [CONDITION_STYLE[c][1] for c in conds], fontsize=8)
     bx.set_title(f"{vit.model.iloc[0] if len(vit) else 'ViT'}: end of training (bars) vs θ0 (hollow)", fontsize=9)
     for axis in (ax, bx):
