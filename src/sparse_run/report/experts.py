@@ -13,8 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .claims import t_interval  # noqa: E402
-from .plot import save_titled  # noqa: E402
+from .plot import mean_interval, save_titled  # noqa: E402
 
 ORDER = ("random", "drop", "average", "matched_average", "dern")
 LABELS = {"random": "random keep + drop", "drop": "frequency drop", "average": "whole-expert average",
@@ -28,12 +27,6 @@ def is_expert_prune(df: pd.DataFrame) -> bool:
     return "experts_kept" in df and df.experts_kept.notna().any()
 
 
-def _stats(vals: list[float]) -> tuple[float, float, float]:
-    mean = sum(vals) / len(vals)
-    lo, hi = t_interval(vals) if len(vals) > 1 else (mean, mean)
-    return mean, lo, hi
-
-
 def paired(df: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
     """Per experts kept: ``a`` − ``b`` in pp, paired by run and seed."""
     keys = [k for k in ("run_dir", "seed") if k in df] + ["experts_kept"]
@@ -41,7 +34,7 @@ def paired(df: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
                                                             suffixes=("_a", "_b"))
     rows = []
     for n, sub in both.groupby("experts_kept"):
-        mean, lo, hi = _stats(((sub.test_acc_a - sub.test_acc_b) * 100).tolist())
+        mean, lo, hi = mean_interval(((sub.test_acc_a - sub.test_acc_b) * 100).tolist())
         rows.append({"experts_kept": n, "mean": mean, "lo": lo, "hi": hi, "n": len(sub)})
     return pd.DataFrame(rows)
 
@@ -56,7 +49,7 @@ def accuracy_figure(df: pd.DataFrame, out: Path, title: str) -> Path:
     arms = [a for a in ORDER if a in set(df.variant)]
     for i, a in enumerate(arms):
         g = df[df.variant == a].groupby("experts_kept").test_acc.apply(lambda s: [v * 100 for v in s])
-        stats = [_stats(v) for v in g]
+        stats = [mean_interval(v) for v in g]
         xs = [levels.index(n) + (i - (len(arms) - 1) / 2) * 0.13 for n in g.index]
         ax.errorbar(xs, [s[0] for s in stats], yerr=[[s[0] - s[1] for s in stats], [s[2] - s[0] for s in stats]],
                     fmt="o", capsize=3, color=COLORS[a], label=f"{LABELS[a]} (n={max(map(len, g))})")

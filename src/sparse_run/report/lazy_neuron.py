@@ -17,9 +17,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .claims import t_interval  # noqa: E402
 from .collect import run_files  # noqa: E402
-from .plot import save_titled  # noqa: E402
+from .plot import mean_interval, save_titled  # noqa: E402
 
 CONDITION_STYLE = {"clean": ("tab:blue", "clean data"), "random_labels": ("tab:red", "random labels"),
                    "noise_inputs": ("tab:purple", "Gaussian-noise inputs"),
@@ -29,12 +28,6 @@ ARM_KEYS = ["run_dir", "seed", "model", "variant", "condition"]
 
 def is_lazy_neuron(df: pd.DataFrame) -> bool:
     return "condition" in df and df.condition.notna().any() and "init_act_nonzero_val" in df
-
-
-def _stats(vals: list[float]) -> tuple[float, float, float]:
-    mean = sum(vals) / len(vals)
-    lo, hi = t_interval(vals) if len(vals) > 1 else (mean, mean)
-    return mean, lo, hi
 
 
 def _mlps(df: pd.DataFrame) -> list[str]:
@@ -109,7 +102,7 @@ def final_figure(df: pd.DataFrame, out: Path, title: str) -> Path:
         sub = mlp[mlp.condition == cond]
         if not len(sub):
             continue
-        g = sub.groupby("units").act_nonzero_train.apply(lambda s: _stats((s * 100).tolist()))
+        g = sub.groupby("units").act_nonzero_train.apply(lambda s: mean_interval((s * 100).tolist()))
         ax.errorbar(g.index, [v[0] for v in g], yerr=[[v[0] - v[1] for v in g], [v[2] - v[0] for v in g]],
                     marker="o", capsize=3, color=color, label=f"{name} (n={sub.groupby('units').size().max()})")
         ax.plot(g.index, sub.groupby("units").init_act_nonzero_train.mean() * 100, "o", mfc="none", color=color)
@@ -122,7 +115,7 @@ def final_figure(df: pd.DataFrame, out: Path, title: str) -> Path:
         sub = vit[vit.condition == cond]
         if not len(sub):
             continue
-        mean, lo, hi = _stats((sub.act_nonzero_train * 100).tolist())
+        mean, lo, hi = mean_interval((sub.act_nonzero_train * 100).tolist())
         bx.bar(i, mean, color=CONDITION_STYLE[cond][0], alpha=0.8)
         bx.errorbar(i, mean, yerr=[[mean - lo], [hi - mean]], color="black", capsize=4)
         bx.plot(i, sub.init_act_nonzero_train.mean() * 100, "o", mfc="none", color="black")
@@ -161,7 +154,7 @@ def topk_paired(df: pd.DataFrame, col: str, cond: str, scale: float) -> pd.DataF
     for v, sub in arm[arm.variant.str.startswith("top")].groupby("variant"):
         both = sub[["run_dir", "seed", col]].merge(base, on=["run_dir", "seed"], suffixes=("_a", "_b"))
         if len(both):
-            mean, lo, hi = _stats(((both[f"{col}_a"] - both[f"{col}_b"]) * scale).tolist())
+            mean, lo, hi = mean_interval(((both[f"{col}_a"] - both[f"{col}_b"]) * scale).tolist())
             rows.append({"k": int(str(v)[3:]), "mean": mean, "lo": lo, "hi": hi, "n": len(both),
                          "base": float(both[f"{col}_b"].mean() * scale)})
     return pd.DataFrame(rows).sort_values("k") if rows else pd.DataFrame(rows)

@@ -58,6 +58,15 @@ def _provenance(df: pd.DataFrame) -> dict[str, Any]:
     return info
 
 
+def mean_interval(values: list[float]) -> tuple[float, float, float]:
+    """(mean, lo, hi) for an error bar: the mean with its 95 % Student-t interval (one value: zero width)."""
+    from .claims import t_interval
+
+    mean = sum(values) / len(values)
+    lo, hi = t_interval(values) if len(values) > 1 else (mean, mean)
+    return mean, lo, hi
+
+
 def save_png(fig: plt.Figure, out: Path, dpi: int = 120) -> Path:
     """Write ``fig`` as a PNG (creating the folder) and close it."""
     out = Path(out)

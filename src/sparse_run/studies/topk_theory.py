@@ -103,7 +103,7 @@ def run_study(run: Run) -> None:
         print(f"sparse-run: topk_moe_theory n={n}: {int(s.replications)} replications fitted", flush=True)
     df = pd.DataFrame(rows)
     atomic_write_text(run.dir / "fits.csv", rows_to_csv(rows, FIT_COLUMNS))
-    exact = next((name for name, k, top in fits if (k, top) == (tm.truth().experts, tm.truth().top_k)), "")
+    exact = next((name for name, k, top in fits if (k, top) == (truth.experts, truth.top_k)), "")
     srows = [{"experiment": cfg.name, "seed": run.seed, "budget": cfg.budget.name, **r}
              for r in slopes(df, exact, run.seed)]
     atomic_write_text(run.dir / "slopes.csv", rows_to_csv(srows, SLOPE_COLUMNS))
