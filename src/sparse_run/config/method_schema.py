@@ -18,8 +18,10 @@ class SelectionConfig:
     """``method.selection``: how scores become a mask."""
 
     scope: str = key("layerwise", "layerwise | global | erk | percentile: where the threshold is taken")
-    pattern: str = key("unstructured", "unstructured | block | channel | nm: the shape of what is removed")
+    pattern: str = key("unstructured", "unstructured | block | channel | group | nm: the shape of what is removed")
     block: Optional[list[int]] = key(None, "pattern block: block shape [rows, cols] (null: 4x4 or the target's)")
+    group: int = key(4, "pattern group: g consecutive output channels at one input / kernel tap (2, 4, 8, 16)")
+    permute: bool = key(False, "pattern group: permute output channels first to pack large weights into groups")
     n: Optional[int] = key(None, "pattern nm: N weights kept in every group of M")
     m: Optional[int] = key(None, "pattern nm: the group size M")
     overrides: Optional[dict[str, str]] = key(None, "pattern nm: {glob: 'N:M'} per-layer patterns")
@@ -30,8 +32,8 @@ class ScheduleConfig:
     """``method.schedule``: when and how much is pruned; ``kind`` picks the method module (methods.REGISTRY)."""
 
     kind: str = key(MISSING, "none | iterative | oneshot | at_init | gradual | dynamic | sharing | random_search | "
-                             "expert_prune | nm | nm_compare | kernel_study | graph_rnn | lazy_neuron | "
-                             "topk_moe_theory")
+                             "expert_prune | nm | nm_compare | pattern_compare | kernel_study | graph_rnn | "
+                             "lazy_neuron | topk_moe_theory | dass")
     rounds: Optional[int] = key(None, "iterative: pruning rounds after the dense round 0; sharing: LTR rounds (null: none)")
     rate: Optional[float] = key(None, "iterative, sharing (LTR): fraction of surviving weights removed per round")
     rewind: Optional[str] = key(None, "iterative: init | step | none: where survivors return after each round")
@@ -67,9 +69,16 @@ class ScheduleConfig:
                                                   "(top_k … experts − 1)")
     reductions: Optional[list[str]] = key(None, "expert_prune: random | drop | average | matched_average | dern")
     calibration: Optional[int] = key(None, "expert_prune: training examples the router statistics are taken on")
-    densities: Optional[list[float]] = key(None, "at_init, oneshot, dynamic: fractions kept, one arm per level")
-    sparsities: Optional[list[float]] = key(None, "at_init, oneshot, dynamic: or the fractions removed")
-    finetune_steps: Optional[int] = key(None, "oneshot, dynamic (prune_ft): fine-tuning steps after pruning each level")
+    densities: Optional[list[float]] = key(None, "at_init, oneshot, dynamic, pattern_compare, dass: fractions kept, one "
+                                                 "arm per level")
+    sparsities: Optional[list[float]] = key(None, "at_init, oneshot, dynamic, pattern_compare, dass: or the fractions "
+                                                  "removed")
+    finetune_steps: Optional[int] = key(None, "oneshot, dynamic (prune_ft), pattern_compare, dass: fine-tuning steps "
+                                              "after pruning each level")
+    selections: Any = key(None, "pattern_compare: selection arms, a list of mappings {label, pattern, group, permute, "
+                                "block} of method.selection overrides")
+    timed: Optional[bool] = key(None, "pattern_compare: time every fine-tuned arm in its pattern's execution against "
+                                      "the faster dense kernel (hardware.* protocol; latency.csv)")
     finetune_evals: Optional[int] = key(None, "oneshot: evaluations during fine-tuning (test_acc_ft_i columns)")
     models: Any = key(None, "oneshot, graph_rnn, lazy_neuron: model arms, a list of mappings of model overrides")
     conditions: Optional[list[str]] = key(None, "lazy_neuron: the training-data conditions every model arm is "
@@ -90,6 +99,17 @@ class ScheduleConfig:
     restarts: Optional[int] = key(None, "topk_moe_theory: random L-BFGS starts of a top-K >= 2 fit, besides the warm "
                                         "starts from top-1 fits")
     fit_steps: Optional[int] = key(None, "topk_moe_theory: L-BFGS iterations per start of a top-K >= 2 fit")
+    channels: Optional[int] = key(None, "dass: C, the cells' channel count (the stem has 3·C)")
+    cells: Optional[int] = key(None, "dass: stride-1 normal cells stacked (1 or 2), all sharing one α")
+    cell_nodes: Optional[int] = key(None, "dass: intermediate nodes per cell (DARTS: 4)")
+    ops: Optional[list[str]] = key(None, "dass: the candidate ops, skip | conv3 | sepconv3 | maxpool | sparseconv3 "
+                                         "(the darts arm searches them without sparseconv3)")
+    sparse_ratio: Optional[float] = key(None, "dass: p in [0, 1), the fraction sparseconv3 (and the α step's "
+                                              "sparsified supernet) prunes")
+    search_steps: Optional[int] = key(None, "dass: first-order DARTS steps (one α step on a validation batch, one "
+                                            "weight step on a training batch)")
+    score_steps: Optional[int] = key(None, "dass: HYDRA score-learning steps per arm and level (weights frozen)")
+    score_lr: Optional[float] = key(None, "dass: SGD learning rate of the scores")
     variant: Optional[str] = key(None, "nm: ste | srste | oneshot | bdwp")
     decay: Optional[float] = key(None, "nm, nm_compare: λ_W of SR-STE (also bdwp; ste uses 0)")
     patterns: Optional[list[str]] = key(None, "nm_compare: the 'N:M' patterns compared")

@@ -154,7 +154,7 @@ class ModelConfig:
     """``model/``: one architecture (``arch``); keys after ``init`` are read by the archs named in their meaning."""
 
     name: str = key(MISSING, "model name (the summary's model column)")
-    arch: str = key(MISSING, "mlp | convfc | vgg | resnet | mobilenet_v2 | rnn | mf | vit | moe (models.ARCHS)")
+    arch: str = key(MISSING, "mlp | convfc | vgg | resnet | mobilenet_v1 | mobilenet_v2 | rnn | mf | vit | moe (models.ARCHS)")
     width: float = key(1.0, "multiplies every channel count / hidden size (small-dense baselines)")
     init: str = key(MISSING, "glorot_normal | glorot_uniform | kaiming_normal | kaiming_uniform | default (rnn)")
     hidden: Any = key(None, "mlp, convfc: hidden layer sizes (list); rnn: hidden size per layer; mf: embedding dim; "
@@ -163,8 +163,9 @@ class ModelConfig:
     kernel: Optional[int] = key(None, "convfc: conv kernel size")
     padding: Any = key(None, "convfc: 'same' or an integer")
     depth: Optional[int] = key(None, "vgg: 11 | 13 | 16 | 19; resnet: 6n + 2; vit: transformer blocks")
-    widths: Optional[list[int]] = key(None, "resnet: channels of the three stages")
-    stem_stride: Optional[int] = key(None, "mobilenet_v2: stride of the stem convolution (2: torchvision's)")
+    widths: Optional[list[int]] = key(None, "resnet: channels of the three stages; mobilenet_v1: the stem's, then "
+                                            "each separable block's pointwise channels")
+    stem_stride: Optional[int] = key(None, "mobilenet_v1 / v2: stride of the stem convolution (v2: 2, torchvision's)")
     cell: Optional[str] = key(None, "rnn: tanh | relu | gru | lstm")
     layers: Optional[int] = key(None, "rnn: stacked recurrent layers")
     embedding: Optional[int] = key(None, "rnn: embedding size for token inputs (ignored for float sequences)")
@@ -193,11 +194,12 @@ class HardwareConfig:
     """``hardware/``: the execution target; the timing protocol applies to every ``execution`` but dense."""
 
     name: str = key(MISSING, "the target's name (hardware column)")
-    execution: str = key("dense", "dense | csr | bsr | slim | semi_structured")
-    pattern: str = key("any", "what the method's selection must produce: any | block | channel | nm")
+    execution: str = key("dense", "dense | csr | bsr | group | slim | semi_structured")
+    pattern: str = key("any", "what the method's selection must produce: any | block | channel | group | nm")
     device: str = key("cpu", "where the target is timed: cpu | cuda")
     index_dtype: str = key("int32", "csr, bsr: index dtype, int32 | int64")
     block: Optional[list[int]] = key(None, "bsr: block shape [b, b]")
+    group: Optional[int] = key(None, "group: g of the g×1 groups it executes (2, 4, 8, 16)")
     n: Optional[int] = key(None, "semi_structured: N of the N:M pattern")
     m: Optional[int] = key(None, "semi_structured: M of the N:M pattern")
     dtype: Optional[str] = key(None, "semi_structured: float16 | bfloat16")

@@ -21,9 +21,9 @@ from omegaconf import open_dict
 
 from sparse_run.config import ConfigError, choice, number
 
-TARGETS = ("cpu", "cpu_sparse", "cpu_block", "slim", "cuda_2of4")
-EXECUTIONS = ("dense", "csr", "bsr", "slim", "semi_structured")
-NEEDS = ("any", "block", "channel", "nm")
+TARGETS = ("cpu", "cpu_sparse", "cpu_block", "cpu_group", "slim", "cuda_2of4")
+EXECUTIONS = ("dense", "csr", "bsr", "group", "slim", "semi_structured")
+NEEDS = ("any", "block", "channel", "group", "nm")
 _announced: set[str] = set()
 
 
@@ -53,6 +53,10 @@ def check(cfg: Any, selects: bool = True) -> None:
                                                 "only; allowed: [b, b], e.g. [4, 4], [16, 16]")
     if hw.execution == "semi_structured":
         choice(hw.dtype, "hardware.dtype", ("float16", "bfloat16"))
+    if hw.execution == "group":
+        from sparse_run.sparsity.patterns import GROUP_SIZES
+
+        choice(hw.group, "hardware.group", GROUP_SIZES)
     if selects:
         _constrain_pattern(cfg)
 
@@ -87,6 +91,22 @@ def _constrain_pattern(cfg: Any) -> None:
             method.selection.pattern, method.selection.block = "block", want
         _announce(f"{target} needs block-shaped masks: method.selection.pattern unstructured -> block "
                   f"{want[0]}x{want[1]}")
+    elif need == "group":
+        g = int(hw.group)
+        if have == "group" and int(method.selection.group) != g:
+            raise ConfigError("method.selection.group", f"got {method.selection.group}; {target} executes {g}x1 "
+                                                        f"groups; allowed: {g}")
+        if have not in ("group", "unstructured"):
+            raise ConfigError("method.selection.pattern", f"got {have!r}; {target} executes g×1 group-sparse "
+                                                          "weights; allowed: group, unstructured (switched to group)")
+        if have == "unstructured":
+            with open_dict(method.selection):
+                method.selection.pattern, method.selection.group = "group", g
+            _announce(f"{target} needs {g}x1 groups: method.selection.pattern unstructured -> group")
+        if method.policy.prune_last:
+            with open_dict(method.policy):
+                method.policy.prune_last = False
+            _announce(f"{target}: the output layer's rows are the classes: method.policy.prune_last true -> false")
     elif need == "channel":
         if have not in ("channel", "unstructured"):
             raise ConfigError("method.selection.pattern", f"got {have!r}; {target} removes whole channels; "

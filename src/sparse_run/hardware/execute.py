@@ -5,10 +5,17 @@ features × batch is torch's fast CPU path (``F.linear(x, W_csr)`` and dense @ s
 slower routes; see docs/hardware.md). Torch has no sparse convolution, so only Linear
 layers and 1×1 convolutions (a matrix product in CHW layout) get sparse kernels; other layers
 run dense and are reported as ``dense_fallback``.
+
+``group`` execution runs g×1 group-sparse weights (``GroupSparseLayer``, docs/hardware.md): every group of g
+output rows keeps the same input columns, so the rows' product is one small dense matrix times the gathered
+inputs — a batched matmul over groups. Which variant is fastest (gather all columns at once, gather in
+cache-sized column chunks, or plain CSR) depends on the CPU and the shape, so the layer times them on the
+first input of each size and keeps the winner: measured at run time, never assumed.
 """
 from __future__ import annotations
 
 import copy
+import time
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -66,6 +73,79 @@ class SemiStructuredLinear(nn.Module):
         return F.linear(x, self.weight, self.bias)
 
 
+class GroupSparseLayer(nn.Module):
+    """A Linear or pointwise-conv layer whose weight is g×1 group-sparse: ``values [R, g, n]`` and the kept input
+    columns ``index [R, n]`` of each of the R = C_out / g groups (padded with zero values to the longest group)."""
+
+    CHUNK = 64  # columns gathered at a time by the chunked variant: the gathered block stays in cache
+
+    def __init__(self, layer: nn.Module, mask: torch.Tensor, g: int):
+        super().__init__()
+        w = as_matrix(layer.weight.detach())
+        m = as_matrix(mask).bool()
+        rows, d = w.shape
+        r = rows // g
+        kept = m.view(r, g, d).any(1)  # [R, d]: the group's columns
+        counts = kept.sum(1)
+        n = max(1, int(counts.max()))
+        order = torch.sort((~kept).to(torch.int8), dim=1, stable=True).indices[:, :n]  # kept columns first
+        valid = torch.arange(n)[None] < counts[:, None]
+        self.index = torch.where(valid, order, torch.zeros_like(order)).flatten().contiguous()
+        vals = torch.gather((w * m).view(r, g, d), 2, order[:, None, :].expand(r, g, n)) * valid[:, None, :]
+        self.values = vals.contiguous()
+        self.csr = to_csr(w * m)
+        self.bias = None if layer.bias is None else layer.bias.detach().clone()
+        self.pointwise = isinstance(layer, nn.Conv2d)
+        self.stride = layer.stride if self.pointwise else None
+        self.padding_waste = 1.0 - float(counts.sum()) / (r * n)
+        self.chosen: dict[int, str] = {}  # columns -> kernel that won for that input size
+
+    def _gather_bmm(self, xt: torch.Tensor, chunk: int | None) -> torch.Tensor:
+        r, g, n = self.values.shape
+        if chunk is None or xt.shape[1] <= chunk:
+            return torch.bmm(self.values, xt.index_select(0, self.index).view(r, n, -1)).view(r * g, -1)
+        parts = [torch.bmm(self.values, xt[:, c:c + chunk].index_select(0, self.index).view(r, n, -1))
+                 for c in range(0, xt.shape[1], chunk)]
+        return torch.cat(parts, 2).view(r * g, -1)
+
+    def _run(self, kernel: str, xt: torch.Tensor) -> torch.Tensor:
+        if kernel == "csr":
+            return torch.sparse.mm(self.csr, xt)
+        return self._gather_bmm(xt.contiguous(), self.CHUNK if kernel == "gather_bmm_chunked" else None)
+
+    def _pick(self, xt: torch.Tensor) -> str:
+        best, name = float("inf"), "gather_bmm"
+        for kernel in ("gather_bmm", "gather_bmm_chunked", "csr"):
+            self._run(kernel, xt)  # warm-up
+            t = min(_seconds(lambda: self._run(kernel, xt)) for _ in range(3))
+            if t < best:
+                best, name = t, kernel
+        return name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pointwise and self.stride != (1, 1):
+            x = x[:, :, ::self.stride[0], ::self.stride[1]]
+        # activations as [features, columns]: a Linear's batch rows, a 1×1 conv's pixels (CHW layout)
+        xt = x.transpose(0, 1).reshape(x.shape[1], -1) if self.pointwise else x.reshape(-1, x.shape[-1]).t()
+        cols = xt.shape[1]
+        kernel = self.chosen.get(cols)
+        if kernel is None:
+            kernel = self.chosen[cols] = self._pick(xt)
+        y = self._run(kernel, xt)  # [C_out, columns]
+        if self.pointwise:
+            n, _, h, w = x.shape
+            y = y.reshape(-1, n, h, w).transpose(0, 1)
+            return y if self.bias is None else y + self.bias.view(1, -1, 1, 1)
+        y = y.t().reshape(*x.shape[:-1], -1)
+        return y if self.bias is None else y + self.bias
+
+
+def _seconds(fn: Any) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 @dataclass
 class Converted:
     model: nn.Module
@@ -84,8 +164,8 @@ def set_module(root: nn.Module, path: str, new: nn.Module) -> None:
 
 def convert(model: nn.Module, masks: dict[str, torch.Tensor], execution: str, *,
             block: tuple[int, int] = (4, 4), index_dtype: torch.dtype = torch.int32,
-            dtype: torch.dtype = torch.float16) -> Converted:
-    """A copy of ``model`` with every masked layer executed as ``execution`` (csr | bsr | semi_structured)."""
+            dtype: torch.dtype = torch.float16, group: int = 4) -> Converted:
+    """A copy of ``model`` with every masked layer executed as ``execution`` (csr | bsr | group | semi_structured)."""
     out = copy.deepcopy(model).eval()
     status: dict[str, str] = {}
     for pname, mask in masks.items():
@@ -110,6 +190,11 @@ def convert(model: nn.Module, masks: dict[str, torch.Tensor], execution: str, *,
             bsr = torch.sparse_bsr_tensor(bsr.crow_indices().to(index_dtype), bsr.col_indices().to(index_dtype),
                                           bsr.values(), bsr.shape, check_invariants=False)
             set_module(out, path, SparseMatmulLayer(layer, bsr))
+        elif execution == "group":
+            if w.shape[0] % group or not is_block_shaped(mask, group, 1):
+                status[path] = f"dense_fallback: mask is not made of {group}x1 groups"
+                continue
+            set_module(out, path, GroupSparseLayer(layer, mask, group))
         elif execution == "semi_structured":
             if not is_nm(mask, 2, 4, strict=True):
                 status[path] = "not_2of4: mask has a group of four with more than two kept weights"

@@ -65,7 +65,8 @@ def build_target(model: nn.Module, masks: dict[str, torch.Tensor], hw: Any, exam
             status[p] = ("ok" if p in plan.out_keep or p in plan.in_keep else
                          f"dense: {plan.kept_reason[p]}" if p in plan.kept_reason else "ok: no dead channels")
         return Target(small, status, True, torch.device("cpu"), torch.float32)
-    conv = convert(model, masks, ex, block=tuple(hw.block or (4, 4)), index_dtype=INDEX[hw.index_dtype])
+    conv = convert(model, masks, ex, block=tuple(hw.block or (4, 4)), index_dtype=INDEX[hw.index_dtype],
+                   group=int(hw.get("group") or 4))
     return Target(conv.model, conv.status, True, torch.device("cpu"), torch.float32)
 
 
@@ -142,7 +143,10 @@ def _onednn_twin(model: nn.Module) -> nn.Module | None:
     """A copy whose every plain Linear layer runs through oneDNN (None: it has none)."""
     if not any(type(m) is nn.Linear for m in model.modules()):
         return None
-    twin = copy.deepcopy(model)
+    # sparse weights (CSR / BSR attributes of converted layers) cannot be deep-copied; they are read-only: share them
+    memo = {id(v): v for m in model.modules() for v in vars(m).values()
+            if isinstance(v, torch.Tensor) and v.layout != torch.strided}
+    twin = copy.deepcopy(model, memo)
     for m in twin.modules():
         if type(m) is nn.Linear:
             onednn.patch(m)
@@ -205,6 +209,9 @@ def _target_bytes(execution: str, tgt: Target, per_layer: dict[str, dict], masks
             out[p] = tgt.model.get_submodule(p).weight.numel() * 4
         elif key and ok:
             out[p] = info[key]
+        elif execution == "group" and ok and tgt.model is not None:  # values (padded) + one index per column
+            layer = tgt.model.get_submodule(p)
+            out[p] = layer.values.numel() * 4 + layer.index.numel() * 4
         else:
             out[p] = info["weight_bytes_dense"]
     return out

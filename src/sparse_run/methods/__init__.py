@@ -17,9 +17,10 @@ from sparse_run.engine import arms, checks
 from sparse_run.sparsity import CRITERIA, SCOPES
 from sparse_run.sparsity.patterns import PATTERNS
 from sparse_run.sparsity.patterns import validate_method as validate_pattern
-from sparse_run.studies import graph_rnn, kernel_study, lazy_neuron, topk_theory
+from sparse_run.studies import dass, graph_rnn, kernel_study, lazy_neuron, topk_theory
 
-from . import at_init, dense, dynamic, expert_prune, gradual, iterative, nm, oneshot, random_search, sharing
+from . import (at_init, dense, dynamic, expert_prune, gradual, iterative, nm, oneshot, pattern_compare, random_search,
+               sharing)
 from .base import Method
 
 REGISTRY: dict[str, Method] = {m.kind: m for m in (
@@ -34,6 +35,7 @@ REGISTRY: dict[str, Method] = {m.kind: m for m in (
     expert_prune.METHOD,
     nm.METHOD,
     nm.COMPARE,
+    pattern_compare.METHOD,
     # studies: kinds that are not pruning schedules
     Method(kind="kernel_study", run=kernel_study.run_study, validate=kernel_study.validate, figures="none",
            trains=False),
@@ -41,6 +43,7 @@ REGISTRY: dict[str, Method] = {m.kind: m for m in (
            patterns=("unstructured",), figures="rnn"),
     Method(kind="lazy_neuron", run=lazy_neuron.run_study, validate=lazy_neuron.validate, model_arms=True,
            figures="lazy_neuron", trains=False),
+    Method(kind="dass", run=dass.run_study, validate=dass.validate, figures="dass"),
     Method(kind="topk_moe_theory", run=topk_theory.run_study, validate=topk_theory.validate, figures="none",
            trains=False),
 )}
@@ -69,6 +72,9 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError("method.selection.pattern", f"got {m.selection.pattern!r} with schedule.kind="
                               f"{kind}; pattern nm goes with schedule.kind in {', '.join(nm_kinds)}")
     choice(kind, "method.schedule.kind", REGISTRY)
+    if m.selection.permute and not REGISTRY[kind].permutes:
+        raise ConfigError("method.selection.permute", f"got true with schedule.kind={kind}; allowed: false, or a kind "
+                                                      f"that prunes once per arm: {', '.join(_kinds('permutes'))}")
     for v in m.controls.variants:
         choice(v, "method.controls.variants", CONTROL_VARIANTS)
     number(m.policy.last_rate_scale, "method.policy.last_rate_scale", lo=0)

@@ -18,7 +18,8 @@ class Method:
     constrain); ``model_arms`` / ``policy_arms``: it runs ``method.schedule.models`` / ``method.policies``;
     ``several_criteria``: it compares ``method.criteria`` in one run; ``figures``: the run figures it draws
     (``levels``, ``nm``, ``rnn``, ``none``), or a function of the config saying which; ``trains``: it leaves
-    a final model (``checkpoints/final.pt``) for the hardware target to time.
+    a final model (``checkpoints/final.pt``) for the hardware target to time; ``permutes``: it can apply
+    ``selection.permute`` (it prunes a trained or initial network once per arm, before any optimizer state).
     """
 
     kind: str
@@ -32,6 +33,7 @@ class Method:
     several_criteria: bool = False
     figures: str | Callable[[Any], str] = "levels"
     trains: bool = True  # leaves checkpoints/final.pt: a hardware target can time the final model
+    permutes: bool = False
 
     def figures_for(self, cfg: Any) -> str:
         return self.figures(cfg) if callable(self.figures) else self.figures

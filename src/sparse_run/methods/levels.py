@@ -17,6 +17,7 @@ from sparse_run.config import ConfigError, choice, number
 from sparse_run.engine.run import Run, derive_seed, record_event
 from sparse_run.sparsity import CRITERIA, MaskSet, ScoreContext, rate_scales
 from sparse_run.sparsity import select as select_masks
+from sparse_run.sparsity.permute import permute_for_groups
 from sparse_run.sparsity.selection import PATTERNS as LEVEL_PATTERNS
 from sparse_run.sparsity.selection import targets as layer_targets
 from sparse_run.store.files import load_state
@@ -36,7 +37,12 @@ def prune_to(run: Run, model: torch.nn.Module, masks: MaskSet, criterion: str, d
     scales = rate_scales(model, method.policy, masks.names())
 
     def select(scores: dict[str, torch.Tensor], current: dict[str, torch.Tensor], d: float) -> dict[str, torch.Tensor]:
-        return select_masks(scores, current, d, scope=scope, pattern=pattern, scales=scales)
+        return select_masks(scores, current, d, scope=scope, pattern=pattern, scales=scales,
+                            selection=method.selection)
+
+    if method.selection.permute:  # before scoring: the criterion then sees the permuted network (same function)
+        permute_for_groups(model, masks.names(), int(method.selection.group), density, masks.masks,
+                           seed=derive_seed(run.seed, ("permute", tag)))
 
     def batches(n: int) -> tuple[torch.Tensor, torch.Tensor]:  # the same examples for every criterion and level
         g = torch.Generator().manual_seed(derive_seed(run.seed, "score-batch"))

@@ -82,4 +82,4 @@ def figures(cfg: Any) -> str:
 
 
 METHOD = Method(kind="oneshot", run=run_oneshot, validate=validate, controls=("small_dense",), model_arms=True,
-                policy_arms=True, several_criteria=True, patterns=LEVEL_PATTERNS, figures=figures)
+                policy_arms=True, several_criteria=True, patterns=LEVEL_PATTERNS, figures=figures, permutes=True)

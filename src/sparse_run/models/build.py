@@ -14,6 +14,7 @@ from torch import nn
 
 from sparse_run.config import ConfigError, choice
 from sparse_run.data.spec import DataSpec
+from sparse_run.sparsity.permute import ChannelLink
 
 from . import convnets, mf, mobilenet, moe, resnet, rnn, vit
 from .activations import activation
@@ -44,6 +45,12 @@ class MLP(nn.Module):
             x = act(layer(x))
         return self.out(x)
 
+    def channel_links(self) -> list[ChannelLink]:
+        """Each hidden layer's units may be reordered with the next layer's inputs (activations act per unit;
+        Top-k is permutation-equivariant)."""
+        names = [f"hidden.{i}" for i in range(len(self.hidden))] + ["out"]
+        return [ChannelLink(a, b) for a, b in zip(names[:-1], names[1:])]
+
 
 def _mlp(cfg: Any, spec: DataSpec) -> nn.Module:
     if spec.kind == "tokens":
@@ -59,6 +66,7 @@ ARCHS: dict[str, Callable[[Any, DataSpec], nn.Module]] = {
     "vgg": convnets.vgg,                    # CIFAR VGG-11 / 16 / 19 with BatchNorm
     "resnet": resnet.resnet,                # CIFAR ResNet-20 / 56 with BatchNorm
     "mobilenet_v2": mobilenet.mobilenet_v2,  # torchvision, width multiplier, no pretrained weights
+    "mobilenet_v1": mobilenet.mobilenet_v1,  # small MobileNet-v1 (depthwise-separable blocks; group sparsity)
     "rnn": rnn.rnn,                         # tanh / relu / gru / lstm over sequences or tokens
     "mf": mf.mf,                            # matrix factorisation over (user, item) interactions
     "vit": vit.vit,                         # tiny Vision Transformer with ReLU MLPs (the Lazy Neuron study)

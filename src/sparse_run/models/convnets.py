@@ -12,6 +12,7 @@ from torch import nn
 
 from sparse_run.data.spec import DataSpec
 from sparse_run.config.errors import ConfigError
+from sparse_run.sparsity.permute import ChannelLink
 from .common import need_image, scaled
 
 
@@ -40,6 +41,7 @@ class ConvFC(nn.Module):
                 raise ConfigError("model.blocks", f"{len(blocks)} pooled blocks shrink the input "
                                   f"{list(in_shape)} below 1×1; use fewer blocks or larger inputs")
         self.convs = nn.ModuleList(convs)
+        self.flat_spatial = h * w  # inputs of the first fc layer per channel of the last conv
         sizes = [c * h * w, *hidden]
         self.fc = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         self.out = nn.Linear(sizes[-1], num_classes)
@@ -54,6 +56,15 @@ class ConvFC(nn.Module):
         for layer in self.fc:
             x = torch.relu(layer(x))
         return self.out(x)
+
+    def channel_links(self) -> list[ChannelLink]:
+        """Conv channels go to the next conv (ReLU and max-pooling act per channel) or, flattened, to the first
+        fc layer; fc units to the next fc layer or the output layer."""
+        convs = [f"convs.{i}" for i in range(len(self.convs))]
+        fcs = [f"fc.{i}" for i in range(len(self.fc))] + ["out"]
+        links = [ChannelLink(a, b) for a, b in zip(convs[:-1], convs[1:])]
+        links.append(ChannelLink(convs[-1], fcs[0], spatial=self.flat_spatial))
+        return links + [ChannelLink(a, b) for a, b in zip(fcs[:-1], fcs[1:])]
 
 
 def convfc(cfg: Any, spec: DataSpec) -> nn.Module:

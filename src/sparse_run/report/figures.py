@@ -2,7 +2,8 @@
 methods), accuracy vs non-zeros, and the PNG + PDF + JSON sidecar every figure is saved as.
 
 ``run_figures(run_dir, figures)`` draws what the run's method declares (``Method.figures``: ``levels``,
-``nm``, ``rnn``, ``dst``, ``sharing``, ``random_search``, ``experts``, ``lazy_neuron``, ``none``); without a
+``nm``, ``rnn``, ``dst``, ``sharing``, ``random_search``, ``experts``, ``lazy_neuron``, ``pattern_compare``,
+``dass``, ``none``); without a
 declaration (an older run) it is read off the summary's columns.
 """
 from __future__ import annotations
@@ -28,6 +29,10 @@ from .experts import figures as expert_figures  # noqa: E402
 from .experts import is_expert_prune  # noqa: E402
 from .lazy_neuron import figures as lazy_figures  # noqa: E402
 from .lazy_neuron import is_lazy_neuron  # noqa: E402
+from .dass import figures as dass_figures  # noqa: E402
+from .dass import is_dass  # noqa: E402
+from .pattern_compare import figures as pattern_figures  # noqa: E402
+from .pattern_compare import is_pattern_compare  # noqa: E402
 from .random_search import figures as rs_figures  # noqa: E402
 from .random_search import is_random_search  # noqa: E402
 from .sharing import figures as sharing_figures  # noqa: E402
@@ -175,7 +180,8 @@ def run_figures(run_dir: Path, figures: str | None = None) -> list[Path]:
     if df.empty or figures == "none":
         return []
     if figures is None:
-        figures = ("nm" if "pattern" in df and df.pattern.notna().any() else "dst" if is_dst(df)
+        figures = ("pattern_compare" if is_pattern_compare(df) else "dass" if is_dass(df)
+                   else "nm" if "pattern" in df and df.pattern.notna().any() else "dst" if is_dst(df)
                    else "sharing" if is_sharing(df) else "random_search" if is_random_search(df)
                    else "experts" if is_expert_prune(df) else "lazy_neuron" if is_lazy_neuron(df)
                    else "rnn" if {"policy_arm", "graph_family"} & set(df.columns) else "levels")
@@ -194,6 +200,10 @@ def run_figures(run_dir: Path, figures: str | None = None) -> list[Path]:
         return expert_figures(df.assign(run_dir=str(run_dir)), f"{Path(run_dir) / 'figures'}/", title)
     if figures == "lazy_neuron":  # activation sparsity over training, vs width and condition; Top-k vs ReLU
         return lazy_figures(df.assign(run_dir=str(run_dir)), f"{Path(run_dir) / 'figures'}/", title)
+    if figures == "pattern_compare":  # selection patterns on one trained network: accuracy, Σ|W| kept, speedup
+        return pattern_figures(df, f"{Path(run_dir) / 'figures'}/", title)
+    if figures == "dass":  # searched (DASS, DARTS) vs hand-designed nets, pruned by learned scores
+        return dass_figures(df, f"{Path(run_dir) / 'figures'}/", title)
     if figures == "random_search":  # RS winner vs random mask vs dense, selection vs retrained, convergence
         return rs_figures(df.assign(run_dir=str(run_dir)), f"{Path(run_dir) / 'figures'}/", title)
     out = Path(run_dir) / "figures" / "accuracy_vs_density.png"

@@ -20,6 +20,10 @@ from .experts import figures as expert_figures
 from .experts import is_expert_prune
 from .lazy_neuron import figures as lazy_figures
 from .lazy_neuron import is_lazy_neuron
+from .dass import figures as dass_figures
+from .dass import is_dass
+from .pattern_compare import figures as pattern_figures
+from .pattern_compare import is_pattern_compare
 from .random_search import figures as rs_figures
 from .random_search import is_random_search
 from .sharing import figures as sharing_figures
@@ -101,6 +105,12 @@ def report_figures(ok: pd.DataFrame, out: Path) -> list[Path]:
             continue
         if is_lazy_neuron(sub):  # the Lazy Neuron study: one set of figures over every run of the experiment
             made += lazy_figures(sub, f"{stem}_", title)
+            continue
+        if is_pattern_compare(sub):  # selection patterns (SparseByteNN): one set of figures over every run
+            made += pattern_figures(sub, f"{stem}_", title)
+            continue
+        if is_dass(sub):  # DASS vs DARTS vs hand-designed, pruned by learned scores
+            made += dass_figures(sub, f"{stem}_", title)
             continue
         if is_random_search(sub):  # Random Search: one set of figures over every run of the experiment
             made += rs_figures(sub, f"{stem}_", title)

@@ -1,11 +1,13 @@
-"""Structured selection patterns: masks made of whole blocks or whole output channels.
+"""Structured selection patterns: masks made of whole blocks, g×1 groups or whole output channels.
 
 A hardware target can only accelerate the pattern it executes: BSR kernels need block-shaped
 masks, a physically smaller dense model needs whole output channels removed. Selection here
 pools the criterion's scores over each block (mean over the block's surviving entries), keeps
 an exact number of *whole blocks* (ties: earliest block wins), and never revives a pruned
 weight. Weights are viewed as 2-D ``[out, in·k·k]`` (conv filters flattened), so a ``channel``
-is one whole row: a neuron of a Linear layer, a filter of a convolution.
+is one whole row: a neuron of a Linear layer, a filter of a convolution, and a ``group`` of size g is a
+g×1 block: g consecutive output channels at one input / kernel tap (SparseByteNN's fine-grained
+group sparsity), which needs g to divide every prunable layer's output channels.
 
 ``unstructured`` stays the default and is handled by ``selection.py`` itself; N:M selection is
 not implemented here (only the ``is_nm`` check the 2:4 hardware target needs, which uses N:M's
@@ -23,8 +25,9 @@ from sparse_run.config.errors import ConfigError, choice
 from .nm import is_nm as nm_is_nm
 from .topk import _masked, keep_global, keep_top
 
-PATTERNS = ("unstructured", "block", "channel", "nm")  # nm: N:M runners (sparsity/nm.py)
+PATTERNS = ("unstructured", "block", "channel", "group", "nm")  # nm: N:M runners (sparsity/nm.py)
 DEFAULT_BLOCK = (4, 4)
+GROUP_SIZES = (2, 4, 8, 16)
 
 
 def as_matrix(t: torch.Tensor) -> torch.Tensor:
@@ -36,6 +39,8 @@ def block_of(sel: Any, shape: tuple[int, ...]) -> tuple[int, int]:
     """Block ``(rows, cols)`` of ``sel.pattern`` for a weight of ``shape`` (channel: one whole row)."""
     if sel.pattern == "channel":
         return 1, math.prod(shape[1:])
+    if sel.pattern == "group":
+        return int(sel.group), 1
     block = sel.block or DEFAULT_BLOCK  # null: the default block (method.selection.block)
     return int(block[0]), int(block[1])
 
@@ -48,9 +53,29 @@ def validate_method(method: Any) -> None:
         b = list(sel.block)
         if len(b) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in b):
             raise ConfigError("method.selection.block", f"got {b!r}; allowed: [rows, cols] of positive integers")
-    if sel.pattern == "channel" and method.policy.prune_last:
+    if sel.pattern == "group" and sel.group not in GROUP_SIZES:
+        raise ConfigError("method.selection.group", f"got {sel.group!r}; allowed: {', '.join(map(str, GROUP_SIZES))}")
+    if sel.permute and sel.pattern != "group":
+        raise ConfigError("method.selection.permute", f"got true with pattern={sel.pattern}; a channel permutation "
+                                                      "packs g×1 groups; allowed: false, or pattern=group")
+    if sel.permute and method.policy.prune_last:
+        raise ConfigError("method.policy.prune_last", "got true with selection.permute=true; the output layer's rows "
+                                                      "are the classes and cannot be permuted; allowed: false")
+    if sel.pattern in ("channel", "group") and method.policy.prune_last:
         raise ConfigError("method.policy.prune_last", "got true; pattern=channel removes whole output rows and the "
                                                       "last layer's rows are the classes; allowed: false")
+
+
+def check_shapes(shapes: dict[str, tuple[int, ...]], sel: Any) -> None:
+    """Pattern ``group`` needs g to divide every prunable layer's output channels (one-line error otherwise)."""
+    if sel is None or sel.pattern != "group":
+        return
+    g = int(sel.group)
+    for name, shape in shapes.items():
+        if shape[0] % g:
+            raise ConfigError("method.selection.group", f"got {g}; layer {name} has {shape[0]} output channels, not "
+                                                        f"a multiple of {g}; allowed: a divisor of every prunable "
+                                                        "layer's output channels (or exclude the layer)")
 
 
 def pool_blocks(scores: torch.Tensor, r: int, c: int) -> torch.Tensor:
@@ -95,6 +120,7 @@ def prune_fraction_pattern(scores: dict[str, torch.Tensor], masks: Any, rate: fl
     blocks (layerwise) or ``rate`` of all surviving blocks under one threshold (global)."""
     s = _masked(scores, masks.masks)
     shapes = {n: tuple(t.shape) for n, t in s.items()}
+    check_shapes(shapes, sel)
     blocks = {n: block_of(sel, shapes[n]) for n in s}
     pooled = {n: pool_blocks(s[n], *blocks[n]) for n in s}
     alive = {n: int(torch.isfinite(p).sum()) for n, p in pooled.items()}
@@ -104,3 +130,25 @@ def prune_fraction_pattern(scores: dict[str, torch.Tensor], masks: Any, rate: fl
         total = sum(alive.values())
         kept = keep_global(pooled, total - round(total * rate))
     return {n: expand_blocks(kept[n], *blocks[n], shapes[n]) & masks.masks[n] for n in s}
+
+
+def select_pattern(scores: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], density: float, scope: str,
+                   sel: Any, counts: Any) -> dict[str, torch.Tensor]:
+    """``selection.select`` in whole blocks: keep ``density`` of each layer's blocks (layerwise; ``counts`` turns
+    block sizes into exact per-layer counts, as for weights) or of all blocks under one threshold (global)."""
+    if scope not in ("layerwise", "global"):
+        raise ConfigError("method.selection.scope", f"got {scope!r} with pattern={sel.pattern}; allowed: layerwise, "
+                                                    "global")
+    shapes = {n: tuple(m.shape) for n, m in masks.items()}
+    check_shapes(shapes, sel)
+    s = _masked(scores, masks)
+    blocks = {n: block_of(sel, shapes[n]) for n in s}
+    pooled = {n: pool_blocks(s[n], *blocks[n]) for n in s}
+    alive = {n: int(torch.isfinite(p).sum()) for n, p in pooled.items()}
+    if scope == "global":
+        kept = keep_global(pooled, min(round(density * sum(p.numel() for p in pooled.values())), sum(alive.values())))
+    else:
+        sizes = {n: p.numel() for n, p in pooled.items()}
+        per = counts(sizes, {n: tuple(p.shape) for n, p in pooled.items()}, density, scope, None, alive)
+        kept = {n: keep_top(pooled[n], per[n]) for n in s}
+    return {n: expand_blocks(kept[n], *blocks[n], shapes[n]) & masks[n] for n in s}

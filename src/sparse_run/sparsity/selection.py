@@ -5,7 +5,8 @@ or the policy's per-layer rate scales, still meeting the total), ``global`` (one
 all layers), ``erk`` (Erdős–Rényi-kernel: layer density ∝ Σ shape / Π shape, dense layers
 capped at 1 and the excess redistributed) or ``percentile`` (one threshold over all layers, numpy's
 default percentile of the scores, keeping every score ≥ it: the sparse-RNN thesis' ``PruneRNN``).
-Pattern decides the shape of what is pruned; only ``unstructured`` exists here (block / channel / N:M patterns plug in through ``pattern``).
+Pattern decides the shape of what is pruned: ``unstructured`` here; block / channel / group patterns count
+whole blocks (``patterns.select_pattern``, given the method's ``selection``); N:M runs its own selection.
 
 Pruned weights score -inf so a selection never revives them, and ties are broken by position
 (stable sort), so masks are deterministic. Counts are integers whose total is exactly
@@ -19,14 +20,14 @@ from typing import Any
 
 import torch
 
-from sparse_run.config.errors import choice
+from sparse_run.config.errors import ConfigError, choice
 
 from .masks import MaskSet
-from .patterns import prune_fraction_pattern
+from .patterns import prune_fraction_pattern, select_pattern
 from .topk import _masked, keep_global, keep_top
 
 SCOPES = ("layerwise", "global", "erk", "percentile")
-PATTERNS = ("unstructured",)
+PATTERNS = ("unstructured", "block", "channel", "group")
 
 
 def prune_fraction(scores: dict[str, torch.Tensor], masks: MaskSet, rate: float,
@@ -130,9 +131,18 @@ def erk_densities(shapes: dict[str, tuple[int, ...]], density: float) -> dict[st
 
 
 def select(scores: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], density: float, *, scope: str,
-           pattern: str = "unstructured", scales: dict[str, float] | None = None) -> dict[str, torch.Tensor]:
-    """New masks keeping the highest-scoring alive weights at overall ``density`` of all weights."""
+           pattern: str = "unstructured", scales: dict[str, float] | None = None,
+           selection: Any = None) -> dict[str, torch.Tensor]:
+    """New masks keeping the highest-scoring alive weights at overall ``density`` of all weights
+    (``selection``: the method's ``selection`` config, which a structured ``pattern`` needs)."""
     choice(pattern, "method.selection.pattern", PATTERNS)
+    if pattern != "unstructured":
+        if selection is None or selection.pattern != pattern:
+            raise ValueError(f"pattern {pattern!r} needs the method's selection config")
+        if scales and any(v != 1.0 for v in scales.values()):
+            raise ConfigError("method.policy", f"per-layer rate scales with pattern={pattern} are not supported; "
+                                               "allowed: last_rate_scale 1 and no rate_scale entries")
+        return select_pattern(scores, masks, density, scope, selection, layer_counts)
     s = _masked(scores, masks)
     sizes = {n: m.numel() for n, m in masks.items()}
     alive = {n: int(m.sum()) for n, m in masks.items()}
