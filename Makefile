@@ -13,6 +13,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q $(TORCH_PINS)
 	$(BIN)/python -m pip install -q -e '.[wandb,launchers,test]'
+	$(BIN)/python -m sparse_run.hardware.group_kernel 2>/dev/null || true  # the g×1 group kernel (C++; optional)
 	touch $@
 
 install: $(STAMP)

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from sparse_run import data as data_mod
 from sparse_run import models
 from sparse_run.sparsity import MaskSet, prunable
+from sparse_run.sparsity.permute import check_selection
 from sparse_run.store.files import RESTART_HINT, StateError, load_state, plain
 
 from . import logger as logger_mod
@@ -84,8 +85,14 @@ class Run:
     def new_model(self, init_seed: int, model_cfg: Any = None) -> torch.nn.Module:
         return models.build(model_cfg or self.cfg.model, self.data.spec, init_seed).to(self.device)
 
-    def new_masks(self, model: torch.nn.Module) -> MaskSet:
-        return MaskSet(prunable(model, self.cfg.method.policy))
+    def new_masks(self, model: torch.nn.Module, check: bool = True) -> MaskSet:
+        """All-ones masks of the prunable weights; refuses (one line) a selection pattern or permutation the
+        model's shapes cannot take, before anything is trained (``check=False``: a model that is never pruned,
+        such as a small-dense control)."""
+        params = prunable(model, self.cfg.method.policy)
+        if check:
+            check_selection(model, params, self.cfg.method.selection)
+        return MaskSet(params)
 
     def writer_frame(self) -> Any:
         import pandas as pd

@@ -7,10 +7,11 @@ layers and 1×1 convolutions (a matrix product in CHW layout) get sparse kernels
 run dense and are reported as ``dense_fallback``.
 
 ``group`` execution runs g×1 group-sparse weights (``GroupSparseLayer``, docs/hardware.md): every group of g
-output rows keeps the same input columns, so the rows' product is one small dense matrix times the gathered
-inputs — a batched matmul over groups. Which variant is fastest (gather all columns at once, gather in
-cache-sized column chunks, or plain CSR) depends on the CPU and the shape, so the layer times them on the
-first input of each size and keeps the winner: measured at run time, never assumed.
+output rows keeps the same input columns. Variants: our C++ kernel (``group_kernel.py``: each kept input row
+loaded once and applied to the group's g outputs), a gather + batched matmul over groups (all columns at once,
+or in cache-sized column chunks) and plain CSR. Which is fastest depends on the CPU, the shape and the batch,
+so the layer times every available variant on the first input of each size and keeps the winner: measured at
+run time, never assumed.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..sparsity.patterns import as_matrix, is_block_shaped, is_nm
+from . import group_kernel
 from .formats import to_csr
 
 
@@ -93,12 +95,15 @@ class GroupSparseLayer(nn.Module):
         self.index = torch.where(valid, order, torch.zeros_like(order)).flatten().contiguous()
         vals = torch.gather((w * m).view(r, g, d), 2, order[:, None, :].expand(r, g, n)) * valid[:, None, :]
         self.values = vals.contiguous()
+        self.values_t = vals.permute(0, 2, 1).contiguous()  # [R, n, g]: the C++ kernel's group-contiguous layout
+        self.counts = counts.to(torch.int64).contiguous()
         self.csr = to_csr(w * m)
         self.bias = None if layer.bias is None else layer.bias.detach().clone()
         self.pointwise = isinstance(layer, nn.Conv2d)
         self.stride = layer.stride if self.pointwise else None
         self.padding_waste = 1.0 - float(counts.sum()) / (r * n)
         self.chosen: dict[int, str] = {}  # columns -> kernel that won for that input size
+        self.last = ""  # the kernel of the latest call
 
     def _gather_bmm(self, xt: torch.Tensor, chunk: int | None) -> torch.Tensor:
         r, g, n = self.values.shape
@@ -111,16 +116,24 @@ class GroupSparseLayer(nn.Module):
     def _run(self, kernel: str, xt: torch.Tensor) -> torch.Tensor:
         if kernel == "csr":
             return torch.sparse.mm(self.csr, xt)
+        if kernel in ("cpp", "cpp_stream"):
+            return group_kernel.group_mm(self.values_t, self.index.view(self.values_t.shape[:2]), self.counts, xt,
+                                         stream=kernel == "cpp_stream")
         return self._gather_bmm(xt.contiguous(), self.CHUNK if kernel == "gather_bmm_chunked" else None)
 
     def _pick(self, xt: torch.Tensor) -> str:
         best, name = float("inf"), "gather_bmm"
-        for kernel in ("gather_bmm", "gather_bmm_chunked", "csr"):
+        for kernel in self.kernels():
             self._run(kernel, xt)  # warm-up
             t = min(_seconds(lambda: self._run(kernel, xt)) for _ in range(3))
             if t < best:
                 best, name = t, kernel
         return name
+
+    @staticmethod
+    def kernels() -> tuple[str, ...]:
+        """The variants this machine can run (the C++ kernel only where it was built)."""
+        return ("gather_bmm", "gather_bmm_chunked", "csr") + (("cpp", "cpp_stream") if group_kernel.load() is not None else ())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pointwise and self.stride != (1, 1):
@@ -131,6 +144,7 @@ class GroupSparseLayer(nn.Module):
         kernel = self.chosen.get(cols)
         if kernel is None:
             kernel = self.chosen[cols] = self._pick(xt)
+        self.last = kernel
         y = self._run(kernel, xt)  # [C_out, columns]
         if self.pointwise:
             n, _, h, w = x.shape

@@ -217,6 +217,12 @@ def _target_bytes(execution: str, tgt: Target, per_layer: dict[str, dict], masks
     return out
 
 
+def _kernel_note(layer: nn.Module) -> str:
+    """Which variant a layer that picks its kernel by timing (``GroupSparseLayer``) ran for this input size."""
+    last = getattr(layer, "last", "")
+    return f"kernel {last}" if last else ""
+
+
 def _layer_rows(dense: nn.Module, twin: nn.Module | None, ttwin: nn.Module | None, tgt: Target, paths: list[str],
                 per_layer: dict[str, dict],
                 macs: dict[str, tuple[int, int]], tbytes: dict[str, float], x: torch.Tensor, b: int,
@@ -256,6 +262,6 @@ def _layer_rows(dense: nn.Module, twin: nn.Module | None, ttwin: nn.Module | Non
         sp = speedup(t_dense, t_target, proto)
         row.update(t_target_ms=1e3 * float(np.median(t_target)), speedup=sp.median, speedup_lo=sp.lo,
                    speedup_hi=sp.hi, verdict=sp.verdict, status="ok" if status.startswith("ok") else "dense_fallback",
-                   note="" if status == "ok" else status)
+                   note=_kernel_note(tl) if status == "ok" else status)
         rows.append(row)
     return rows

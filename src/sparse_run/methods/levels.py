@@ -106,7 +106,7 @@ def small_dense_arm(run: Run, r: int, density: float, nnz: int,
     width, _ = matched_width(run, nnz)
     mcfg = OmegaConf.merge(run.cfg.model, {"width": width})
     model = run.new_model(run.seed, model_cfg=mcfg)
-    masks = run.new_masks(model)
+    masks = run.new_masks(model, check=False)
     run.train_arm(key, model, masks, r, "small_dense", target_density=density,
                   extra={"width": width, "matched_nnz": nnz},
                   row_extra=(lambda res: row_extra(res, model)) if row_extra else None)

@@ -83,6 +83,9 @@ def run_pattern_compare(run: Run) -> None:
     sched, method = run.cfg.method.schedule, run.cfg.method
     if run.cfg.budget_note:
         print(f"sparse-run: {run.cfg.name} at budget {run.cfg.budget.name}: {run.cfg.budget_note}")
+    probe = run.new_model(run.seed)
+    for _, over in selection_arms(run.cfg):  # every arm's shapes and links, before the dense model trains
+        _with_selection(run, over).new_masks(probe)
     dense = dense_baseline(run)
     trained = {k: v.clone() for k, v in dense.state_dict().items()}
     latency: list[dict[str, Any]] = list(run.extra_state.get("latency", []))

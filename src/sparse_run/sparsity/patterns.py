@@ -61,7 +61,7 @@ def validate_method(method: Any) -> None:
     if sel.permute and method.policy.prune_last:
         raise ConfigError("method.policy.prune_last", "got true with selection.permute=true; the output layer's rows "
                                                       "are the classes and cannot be permuted; allowed: false")
-    if sel.pattern in ("channel", "group") and method.policy.prune_last:
+    if sel.pattern == "channel" and method.policy.prune_last:
         raise ConfigError("method.policy.prune_last", "got true; pattern=channel removes whole output rows and the "
                                                       "last layer's rows are the classes; allowed: false")
 

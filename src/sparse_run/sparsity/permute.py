@@ -17,10 +17,13 @@ without a link (the output layer, a layer feeding a residual sum) cannot be perm
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 import torch
 from torch import nn
 
 from sparse_run.config.errors import ConfigError
+
+from .patterns import check_shapes
 
 
 @dataclass(frozen=True)
@@ -129,16 +132,22 @@ def group_permutation(w: torch.Tensor, g: int, density: float, *, iters: int = 8
     return best, base, best_val
 
 
-def permute_for_groups(model: nn.Module, names: list[str], g: int, density: float,
-                       masks: dict[str, torch.Tensor] | None = None, seed: int = 0) -> dict[str, tuple[float, float]]:
-    """Permute every prunable layer in ``names`` (in order) for g×1 groups at ``density``; in place.
-    Returns ``{name: (retained before, after)}``. A prunable layer without a channel link is an error."""
+def check_links(model: nn.Module, names: list[str]) -> dict[str, ChannelLink]:
+    """The links of the layers ``names``; a one-line error for the first that cannot be permuted."""
     links = links_of(model)
     for n in names:
         if n not in links:
             why = "it declares no channel links" if not links else "its successor cannot follow a permutation"
             raise ConfigError("method.selection.permute", f"got true; layer {n} of {type(model).__name__} cannot be "
                                                           f"permuted ({why}); allowed: false, or exclude the layer")
+    return links
+
+
+def permute_for_groups(model: nn.Module, names: list[str], g: int, density: float,
+                       masks: dict[str, torch.Tensor] | None = None, seed: int = 0) -> dict[str, tuple[float, float]]:
+    """Permute every prunable layer in ``names`` (in order) for g×1 groups at ``density``; in place.
+    Returns ``{name: (retained before, after)}``. A prunable layer without a channel link is an error."""
+    links = check_links(model, names)
     out: dict[str, tuple[float, float]] = {}
     gen = torch.Generator().manual_seed(seed)
     for n in names:
@@ -147,3 +156,11 @@ def permute_for_groups(model: nn.Module, names: list[str], g: int, density: floa
             apply(model, links[n], perm, masks)
         out[n] = (before, after)
     return out
+
+
+def check_selection(model: nn.Module, params: dict[str, nn.Parameter], sel: Any) -> None:
+    """What a selection needs of the model's shapes: g dividing every prunable layer's output channels (pattern
+    ``group``), and a channel link for every prunable layer (``permute``) — checked before any training."""
+    check_shapes({n: tuple(p.shape) for n, p in params.items()}, sel)
+    if sel is not None and sel.get("permute"):
+        check_links(model, list(params))
