@@ -19,7 +19,7 @@ from sparse_run.sparsity import prunable
 REFERENCE = {  # the input each model is counted on
     "mlp": DataSpec("mnist", (1, 28, 28), 10), "convfc": DataSpec("cifar10", (3, 32, 32), 10),
     "vgg": DataSpec("cifar10", (3, 32, 32), 10), "resnet": DataSpec("cifar10", (3, 32, 32), 10),
-    "mobilenet_v2": DataSpec("cifar10", (3, 32, 32), 10),
+    "mobilenet_v2": DataSpec("cifar10", (3, 32, 32), 10), "mobilenet_v1": DataSpec("cifar10", (3, 32, 32), 10),
     "rnn": DataSpec("reber", (53,), 2, kind="tokens", vocab_size=8),
     "mf": DataSpec("implicit_synth", (2,), 2, kind="interactions", num_users=2000, num_items=1000),
     "vit": DataSpec("mnist", (1, 28, 28), 10), "moe": DataSpec("mnist", (1, 28, 28), 10),
