@@ -18,7 +18,7 @@ from conftest import REPO, compose_cfg
 
 SRC = REPO / "src" / "sparse_run"
 KIND_WORDS = ("iterative", "oneshot", "at_init", "gradual", "dynamic", "sharing", "random_search", "expert_prune", "nm",
-              "nm_compare", "kernel_study", "graph_rnn", "lazy_neuron", "topk_moe_theory")
+              "nm_compare", "pattern_compare", "kernel_study", "graph_rnn", "lazy_neuron", "topk_moe_theory", "dass")
 
 
 def _modules() -> dict[str, Path]:

@@ -64,7 +64,7 @@ def test_every_schema_field_has_a_one_line_meaning_and_a_type():
 
 
 UNIONS = {"dataset.mean", "dataset.std", "model.hidden", "model.padding", "method.schedule.final_sparsity",
-          "method.schedule.models", "budget_sizes", "kernel_study"}
+          "method.schedule.models", "method.schedule.selections", "budget_sizes", "kernel_study"}
 
 
 def test_a_wrong_type_is_one_line_naming_the_field_and_the_expected_type(tmp_path):
@@ -114,7 +114,7 @@ def test_help_groups_and_the_unknown_option_error_list_no_base_files(tmp_path):
     assert "budget: paper, quick, smoke" in out and "method: " in out
     assert "_schema" not in out and "_method_at_init" not in out
     err = run_cli("method=nope", check=False).stderr
-    assert "allowed: dense," in err and "_method_at_init" not in err and "_schema" not in err
+    assert "allowed: dass, dense," in err and "_method_at_init" not in err and "_schema" not in err
 
 
 def test_shared_blocks_are_written_once():
