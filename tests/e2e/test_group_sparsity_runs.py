@@ -64,15 +64,18 @@ def test_bad_group_settings_are_one_line_errors(overrides, message, tmp_path):
     assert "\n" not in str(err.value)
 
 
-def test_oneshot_runs_group_pattern_with_permutation(tmp_path):
-    run_cli("experiment=gmp_mnist", "method=oneshot", "model=mlp_256_256", "budget=smoke", "threads=1",
-            "progress=false", "method.schedule.sparsities=[0.5]", "method.selection.pattern=group",
-            "method.selection.group=8", "method.selection.permute=true", "method.policy.prune_last=false",
-            f"paths.results_dir={tmp_path}")
+def test_oneshot_runs_group_pattern_with_permutation_on_the_group_target(tmp_path):
+    proc = run_cli("experiment=gmp_mnist", "method=oneshot", "model=mlp_256_256", "budget=smoke", "threads=1",
+                   "progress=false", "method.schedule.sparsities=[0.5]", "method.selection.permute=true",
+                   "method.policy.prune_last=false", "hardware=cpu_group", "hardware.group=8",
+                   "hardware.batch_sizes=[16]", f"paths.results_dir={tmp_path}")
+    assert "needs 8x1 groups: method.selection.pattern unstructured -> group" in proc.stderr
     d = next((tmp_path / "gmp_mnist").iterdir())
     layers = pd.read_csv(d / "layers.csv")
     sparse = layers[layers.variant == "sparse"]
     assert (sparse.nonzeros * 2 == sparse.numel).all() and sparse.nonzeros.mod(8).eq(0).all()
+    hw = pd.read_csv(d / "hardware.csv")
+    assert set(hw.execution) == {"group"} and (hw[hw.scope == "layer"].status == "ok").all()
 
 
 def test_mobilenet_variant_permutes_pointwise_convs_through_batchnorm_and_depthwise(tmp_path):
