@@ -7,7 +7,7 @@ from conftest import run_cli
 
 
 @pytest.mark.parametrize("args, field, allowed", [
-    (["method=nope"], "method", "allowed: dense, "),
+    (["method=nope"], "method", "allowed: dass, dense, "),
     (["experiment=lottery_mnist", "method.schedule.rate=1.5"], "method.schedule.rate", "(0, 1)"),
     (["dataset.root=/proc/1/root/nonexistent"], "dataset.root", "not readable"),
 ])
