@@ -155,7 +155,7 @@ def prevalidate(args: list[str], multirun: bool = False) -> None:
 
     from .config import explicit_keys
     from .config.validate import check_name, check_results_dir
-    from .execute import effective
+    from .execute import effective, pick_device
 
     overrides = [a for a in args if not a.startswith("-")]
     swept_groups = False
@@ -177,6 +177,8 @@ def prevalidate(args: list[str], multirun: bool = False) -> None:
     check_name(cfg.name)
     check_results_dir(cfg.paths.results_dir)
     check_writable_dir(cfg.paths.results_dir, "paths.results_dir")
+    if cfg.device in ("cpu", "cuda", "auto"):  # any other value is validate's one-line error
+        pick_device(cfg.device)  # device=cuda without CUDA: one line, before any directory exists
     if multirun:
         return
     from .data import sources
@@ -242,6 +244,7 @@ def _mark_failed(run_dir: Path, error: BaseException) -> None:
 def task(cfg: DictConfig) -> None:
     from .config import budget_note, explicit_keys
     from .engine import logger
+    from .engine.distributed import MasksOutOfSync
     from .engine.train import Diverged
     from .execute import effective, execute
 
@@ -256,7 +259,7 @@ def task(cfg: DictConfig) -> None:
         if note:
             print(note)
         execute(eff, run_dir)
-    except (ConfigError, Diverged) as e:
+    except (ConfigError, Diverged, MasksOutOfSync) as e:
         _mark_failed(run_dir, e)
         if multirun:
             raise
@@ -284,6 +287,9 @@ def main() -> None:
     try:
         check_unquoted_non_ascii(args)
         check_overrides(args)
+        if any(a in ("-m", "--multirun") for a in args) and os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
+            raise ConfigError("--multirun", "a data-parallel launch (WORLD_SIZE > 1) trains one run; allowed: sweep "
+                                            "with --multirun and a launcher (docs/scaling.md), each job one process")
         if not info:
             prevalidate(args, multirun=any(a in ("-m", "--multirun") for a in args))
     except ConfigError as e:
@@ -302,6 +308,9 @@ def main() -> None:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"error: {first}", file=sys.stderr)
         sys.exit(2)
+    rank = os.environ.get("RANK", "0")
+    if rank not in ("", "0"):  # a data-parallel run's other ranks: rank 0 alone writes the run directory
+        sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
     try:
         task()
     finally:

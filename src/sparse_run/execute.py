@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from sparse_run import data as data_mod
 from sparse_run import hardware, methods, report
 from sparse_run.config import ConfigError, apply_budget, to_dict
-from sparse_run.engine import lanes, stages
+from sparse_run.engine import distributed, lanes, stages
 from sparse_run.engine import logger as logger_mod
 from sparse_run.engine import train as train_mod
 from sparse_run.engine.results import RunWriter
@@ -31,6 +31,7 @@ from sparse_run.store.provenance import environment, git_commit
 LOCK = ".lock"  # held (fcntl) by the process running the directory
 # everything a run writes into its directory (Hydra's .hydra/ and the lock aside): what restart=true removes
 RUN_DIRS = ("checkpoints", "masks", "figures", "seeds", "export")
+STATE_DIRS = ("checkpoints", "masks", "seeds")  # what a resumed run reads back: sent to the other ranks
 RUN_FILES = ("run.json", "config.yaml", "summary.csv", "metrics.jsonl", "layers.csv", "hardware.csv", "hardware.json",
              "kernel.csv", "kernel.json", "breakeven.csv", "correlations.csv")
 
@@ -123,15 +124,45 @@ def execute(cfg: DictConfig, run_dir: Path) -> Path:
         torch.set_num_threads(int(cfg.threads))
     train_mod.SHOW_PROGRESS = bool(cfg.progress)
     device = pick_device(cfg.device)
-    cfg = data_mod.with_fallback(cfg)  # budget=smoke on absent data: synthetic stand-in, announced
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with ExitStack() as held:
-        try:
-            held.enter_context(stages.file_lock(run_dir / LOCK, blocking=False))
-        except BlockingIOError:
-            raise RunBusy(str(run_dir), "another sparse-run process is running this run directory (it holds "
-                                        f"{LOCK}); wait for it to finish, or point this one elsewhere") from None
-        return _execute(cfg, run_dir, device, restart)
+    ctx = distributed.setup(cfg.dist, device)  # torchrun: join the process group (a no-op for one process)
+    try:
+        device = distributed.local_device(device, ctx)
+        if ctx.active and cfg.cache:  # ranks must not each consult (or hold the lock of) a shared stage cache
+            cfg = OmegaConf.merge(cfg, {"cache": False})
+            if ctx.leader:
+                print(f"sparse-run: {ctx.world} processes (dist backend {torch.distributed.get_backend()}); "
+                      "the shared-stage cache is off in data-parallel runs")
+        cfg = data_mod.with_fallback(cfg)  # budget=smoke on absent data: synthetic stand-in, announced
+        if not ctx.leader:
+            return _follow(cfg, run_dir, device)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with ExitStack() as held:
+            try:
+                held.enter_context(stages.file_lock(run_dir / LOCK, blocking=False))
+            except BlockingIOError:
+                raise RunBusy(str(run_dir), "another sparse-run process is running this run directory (it holds "
+                                            f"{LOCK}); wait for it to finish, or point this one elsewhere") from None
+            return _execute(cfg, run_dir, device, restart)
+    finally:
+        distributed.teardown()
+
+
+def _follow(cfg: DictConfig, run_dir: Path, device: torch.device) -> Path:
+    """A non-zero rank of a data-parallel run: the same arms on the same state, written to a private scratch
+    directory seeded with rank 0's state files (rank 0 alone writes ``run_dir``)."""
+    files = distributed.share_start(None, STATE_DIRS)
+    if files is None:  # rank 0 found the run complete
+        return run_dir
+    work = distributed.scratch(files)
+    try:
+        data = data_mod.load(cfg.dataset, cfg.paths.data_dir, device,
+                             train_subset=cfg.budget.train_subset, eval_subset=cfg.budget.eval_subset)
+        run = Run(cfg=cfg, dir=work, data=data, writer=RunWriter(work), log=logger_mod.Logger(), device=device)
+        run.load_progress()
+        lanes.run_lanes(run, methods.REGISTRY[cfg.method.schedule.kind].run)
+    finally:
+        distributed.drop_scratch(work)
+    return run_dir
 
 
 def _execute(cfg: DictConfig, run_dir: Path, device: torch.device, restart: bool) -> Path:
@@ -145,6 +176,7 @@ def _execute(cfg: DictConfig, run_dir: Path, device: torch.device, restart: bool
         meta = read_meta(meta_path)
         if meta.get("config_hash") == chash and meta.get("status") == "complete":
             print(f"sparse-run: {run_dir} is already complete (config {chash}); nothing to do")
+            distributed.share_start(None, STATE_DIRS)  # the other ranks stop too
             return run_dir
         if meta.get("config_hash") != chash:
             print(f"sparse-run: {run_dir} holds an earlier run of a different config; starting afresh")
@@ -156,6 +188,7 @@ def _execute(cfg: DictConfig, run_dir: Path, device: torch.device, restart: bool
     import yaml  # shipped with omegaconf
 
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))
+    distributed.share_start(run_dir, STATE_DIRS)  # the other ranks resume from the same state
 
     data = data_mod.load(cfg.dataset, cfg.paths.data_dir, device,
                          train_subset=cfg.budget.train_subset, eval_subset=cfg.budget.eval_subset)

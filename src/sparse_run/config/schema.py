@@ -78,6 +78,15 @@ class PathsConfig:
 
 
 @dataclass
+class DistConfig:
+    """``dist``: one run trained by N processes (``torchrun --nproc-per-node N -m sparse_run``; docs/scaling.md)."""
+
+    world_size: Optional[int] = key(None, "processes this run expects (null: what the launcher started)")
+    backend: str = key("auto", "auto (nccl on cuda, gloo on cpu) | gloo | nccl")
+    timeout_s: int = key(600, "a collective that waits longer stops the run (a rank that died or hung)")
+
+
+@dataclass
 class LoggerConfig:
     """``logger/``: where metrics go besides the result files (always written)."""
 
@@ -256,6 +265,7 @@ class RootConfig:
     budget_sizes: Any = key(None, "experiment=rnn_*: the experiment's sizes per budget, picked by budget.name")
     budget_note: Optional[str] = key(None, "experiment=rnn_*: the line printed about those sizes")
     kernel_study: Any = key(None, "experiment=hw_sparse_1x1: the kernel study's settings (studies/kernel_study.py)")
+    dist: DistConfig = key(DistConfig(), "data-parallel runs; not part of the config hash or the directory name")
     claims: list[ClaimConfig] = key([], "the paper's claims this experiment checks (scoreboard; not part of the hash)")
     model: ModelConfig = key(ModelConfig(), "model/")
     dataset: DatasetConfig = key(DatasetConfig(), "dataset/")

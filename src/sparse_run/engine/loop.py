@@ -24,6 +24,8 @@ from sparse_run.config.errors import ConfigError
 from sparse_run.data.spec import DataBundle
 from sparse_run.sparsity.masks import MaskSet
 
+from . import distributed
+
 
 class Diverged(RuntimeError):
     """The loss became NaN or infinite."""
@@ -197,6 +199,8 @@ def run(lanes: Sequence[Lane], data: DataBundle, tcfg: Any, build: Callable[[], 
         if k_lanes > 1 and any(hasattr(h, "before_step") for lane in lanes for h in lane.hooks or ()):
             raise ValueError("hooks with before_step run in single runs only")
         for lane in lanes:
+            distributed.broadcast_masks(lane.masks)  # the decision is rank 0's (no-op in one process) ...
+            distributed.check_masks(lane.masks, f"when {desc} starts")  # ... and every rank holds it
             lane.masks.apply_()
         st = build()
     except BaseException:
@@ -248,11 +252,14 @@ def run(lanes: Sequence[Lane], data: DataBundle, tcfg: Any, build: Callable[[], 
                 cursor = 0
             idx = orders[:, cursor]  # (K, batch): each lane's own batch
             cursor += 1
-            xb = data.train_x.index_select(0, idx.flatten()).view(k_lanes, batch, *data.train_x.shape[1:])
+            # data-parallel: this rank's slice of the global batch (augmented whole first: draws keyed on the step)
+            mine = distributed.shard(idx)
+            take = idx if augment is not None else mine
+            xb = data.train_x.index_select(0, take.flatten()).view(k_lanes, take.shape[1], *data.train_x.shape[1:])
             if augment is not None:  # dataset.augment: batched, on the device, each lane with its own seed
                 parts = [augment(xb[k], seeds[k], step) for k in range(k_lanes)]
-                xb = parts[0].unsqueeze(0) if k_lanes == 1 else torch.stack(parts)
-            loss, lane_losses = st.forward_loss(xb, data.train_y.index_select(0, idx.flatten()).view(k_lanes, batch))
+                xb = distributed.shard_rows(parts[0].unsqueeze(0) if k_lanes == 1 else torch.stack(parts))
+            loss, lane_losses = st.forward_loss(xb, data.train_y.index_select(0, mine.flatten()).view(*mine.shape))
             st.zero_grad()
             loss.backward()
             skip = False
@@ -274,9 +281,10 @@ def run(lanes: Sequence[Lane], data: DataBundle, tcfg: Any, build: Callable[[], 
                 for lane in lanes:
                     for hook in lane.hooks or ():
                         hook(done, lane.model, lane.masks)
+                    distributed.check_masks(lane.masks, f"after step {done} of {desc}")
                 st.after_hooks()
             if done % eval_every == 0 or done == steps:
-                records = _eval_records(st, lanes, data, done, loss_sum / since_eval)
+                records = _eval_records(st, lanes, data, done, distributed.mean(loss_sum / since_eval))
                 loss_sum.zero_()
                 since_eval = 0
                 for lane, hist, rec in zip(lanes, histories, records):
@@ -313,6 +321,8 @@ def run(lanes: Sequence[Lane], data: DataBundle, tcfg: Any, build: Callable[[], 
 
 def _eval_records(st: Strategy, lanes: Sequence[Lane], data: DataBundle, step: int,
                   train_loss: torch.Tensor) -> list[dict[str, float]]:
+    for lane in lanes:
+        distributed.check_masks(lane.masks, f"at step {step}")
     val_loss, val_acc, test_acc = st.evaluate(data)
     stray = torch.stack([lane.masks.stray_weights() for lane in lanes])
     rows = torch.stack([train_loss, val_loss, val_acc, test_acc, stray.float()], 1).tolist()  # the one host sync

@@ -42,7 +42,7 @@ def config_hash(cfg: dict[str, Any]) -> str:
     """Hash of the settings that determine results (paths, logger and display settings excluded)."""
     keep = {k: v for k, v in cfg.items()
             if k not in ("paths", "logger", "progress", "hydra", "cache", "threads", "restart",
-                                       "claims")}
+                                       "claims", "dist")}
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from . import onednn, tasks
+from . import distributed, onednn, tasks
 from sparse_run.config.errors import choice
 from sparse_run.config.schema import train_config
 from sparse_run.data.spec import DataBundle
@@ -210,6 +210,8 @@ class SingleModule:
         self._step = LeanStep(self.opt)
         self.sched = make_lr_schedule(self.opt, tcfg, steps)
         self.fwd = torch.compile(model) if tcfg.compile else model
+        if distributed.current().active:  # gradients averaged over the ranks in backward
+            self.fwd = distributed.wrap(model)
         self._clip_params = [q for q in model.parameters() if q.requires_grad] if tcfg.grad_clip else []
         model.train()
 

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from sparse_run.config import ConfigError, choice, number
 from sparse_run.config import validate as generic
-from sparse_run.engine import arms, checks
+from sparse_run.engine import arms, checks, distributed
 from sparse_run.sparsity import CRITERIA, SCOPES
 from sparse_run.sparsity.patterns import PATTERNS
 from sparse_run.sparsity.patterns import validate_method as validate_pattern
@@ -72,6 +72,7 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError("method.selection.pattern", f"got {m.selection.pattern!r} with schedule.kind="
                               f"{kind}; pattern nm goes with schedule.kind in {', '.join(nm_kinds)}")
     choice(kind, "method.schedule.kind", REGISTRY)
+    _validate_data_parallel(cfg, kind)
     if m.selection.permute and not REGISTRY[kind].permutes:
         raise ConfigError("method.selection.permute", f"got true with schedule.kind={kind}; allowed: false, or a kind "
                                                       f"that prunes once per arm: {', '.join(_kinds('permutes'))}")
@@ -82,6 +83,17 @@ def validate(cfg: DictConfig) -> None:
     generic.validate_logger_mode(cfg)
     generic.validate_dataset(cfg)
     _validate_method(cfg, REGISTRY[kind])
+
+
+def _validate_data_parallel(cfg: DictConfig, kind: str) -> None:
+    """Under ``torchrun`` (WORLD_SIZE > 1): the world size, the batch split and a kind whose decisions are made
+    from synchronised state (``Method.data_parallel``)."""
+    ctx = distributed.from_env()
+    distributed.check(cfg.dist, cfg, ctx)
+    if ctx.active and not REGISTRY[kind].data_parallel:
+        raise ConfigError("method.schedule.kind", f"got {kind} in a {ctx.world}-process run; its scores or search "
+                                                  "are not all-reduced across processes; allowed: "
+                                                  f"{', '.join(_kinds('data_parallel'))} (or one process)")
 
 
 def _validate_method(cfg: DictConfig, method: Method) -> None:

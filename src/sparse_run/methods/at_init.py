@@ -42,4 +42,4 @@ def validate(cfg: Any) -> None:
 
 
 METHOD = Method(kind="at_init", run=run_at_init, validate=validate, controls=("small_dense",),
-                several_criteria=True, patterns=LEVEL_PATTERNS, figures="levels")
+                several_criteria=True, patterns=LEVEL_PATTERNS, figures="levels", data_parallel=True)

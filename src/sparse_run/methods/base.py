@@ -19,7 +19,9 @@ class Method:
     ``several_criteria``: it compares ``method.criteria`` in one run; ``figures``: the run figures it draws
     (``levels``, ``nm``, ``rnn``, ``none``), or a function of the config saying which; ``trains``: it leaves
     a final model (``checkpoints/final.pt``) for the hardware target to time; ``permutes``: it can apply
-    ``selection.permute`` (it prunes a trained or initial network once per arm, before any optimizer state).
+    ``selection.permute`` (it prunes a trained or initial network once per arm, before any optimizer state);
+    ``data_parallel``: it runs under ``torchrun`` with N processes (every arm through ``Run.train_arm``, every
+    decision a function of synchronised state; tested equal to one process).
     """
 
     kind: str
@@ -34,6 +36,7 @@ class Method:
     figures: str | Callable[[Any], str] = "levels"
     trains: bool = True  # leaves checkpoints/final.pt: a hardware target can time the final model
     permutes: bool = False
+    data_parallel: bool = False
 
     def figures_for(self, cfg: Any) -> str:
         return self.figures(cfg) if callable(self.figures) else self.figures

@@ -16,4 +16,4 @@ def run_dense(run: Run) -> None:
                       stage="dense")
 
 
-METHOD = Method(kind="none", run=run_dense, lockstep=True, figures="levels")
+METHOD = Method(kind="none", run=run_dense, lockstep=True, data_parallel=True, figures="levels")

@@ -304,4 +304,4 @@ def validate(cfg: Any) -> None:
 
 
 METHOD = Method(kind="dynamic", run=run_dynamic, validate=validate, controls=("small_dense",),
-                patterns=("unstructured",), figures="dst")
+                patterns=("unstructured",), figures="dst", data_parallel=True)

@@ -69,4 +69,4 @@ def validate(cfg: Any) -> None:
 
 
 METHOD = Method(kind="gradual", run=run_gradual, validate=validate, controls=("small_dense",),
-                patterns=LEVEL_PATTERNS, figures="levels")
+                patterns=LEVEL_PATTERNS, figures="levels", data_parallel=True)

@@ -149,4 +149,4 @@ def validate(cfg: Any) -> None:
 
 
 METHOD = Method(kind="iterative", run=run_iterative, validate=validate, controls=("reinit", "random"),
-                lockstep=True, patterns=tuple(p for p in PATTERNS if p != "nm"), figures="levels")
+                lockstep=True, data_parallel=True, patterns=tuple(p for p in PATTERNS if p != "nm"), figures="levels")

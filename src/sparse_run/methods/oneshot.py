@@ -82,4 +82,5 @@ def figures(cfg: Any) -> str:
 
 
 METHOD = Method(kind="oneshot", run=run_oneshot, validate=validate, controls=("small_dense",), model_arms=True,
-                policy_arms=True, several_criteria=True, patterns=LEVEL_PATTERNS, figures=figures, permutes=True)
+                policy_arms=True, several_criteria=True, patterns=LEVEL_PATTERNS, figures=figures, permutes=True,
+                data_parallel=True)
