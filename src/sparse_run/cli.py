@@ -220,7 +220,7 @@ def disk_error_line(e: BaseException, run_dir: Path | None = None) -> str | None
            "and run the same command again to resume"
 
 
-def _mark_failed(run_dir: Path, error: BaseException) -> None:
+def _mark_failed(run_dir: Path, error: BaseException, status: str = "failed") -> None:
     """Record the failure in ``run.json`` — only for a run this attempt started (or a directory
     without one): a finished run, or one another process is running, is left as it is."""
     from .execute import may_record_failure
@@ -235,7 +235,7 @@ def _mark_failed(run_dir: Path, error: BaseException) -> None:
         return  # unreadable: leave it for restart=true rather than overwrite what is there
     if not isinstance(meta, dict):
         return
-    meta.update(status="failed", error=f"{type(error).__name__}: {error}",
+    meta.update(status=status, error=f"{type(error).__name__}: {error}",
                 finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
     atomic_write_text(meta_path, json.dumps(meta, indent=2))
 
@@ -243,7 +243,7 @@ def _mark_failed(run_dir: Path, error: BaseException) -> None:
 @hydra.main(version_base="1.3", config_path="pkg://sparse_run.conf", config_name="config")
 def task(cfg: DictConfig) -> None:
     from .config import budget_note, explicit_keys
-    from .engine import logger
+    from .engine import logger, preempt
     from .engine.distributed import MasksOutOfSync
     from .engine.train import Diverged
     from .execute import effective, execute
@@ -251,6 +251,7 @@ def task(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
+    preempt.install()  # SIGTERM / SIGUSR1 / SIGUSR2: checkpoint at the next step, then stop or requeue
     try:
         # a single run was validated by prevalidate (same command line); each job of a sweep validates here
         eff = effective(cfg, explicit_keys(hc.overrides.task), validate=multirun)
@@ -259,6 +260,13 @@ def task(cfg: DictConfig) -> None:
         if note:
             print(note)
         execute(eff, run_dir)
+    except preempt.Preempted as e:
+        _mark_failed(run_dir, e, status="preempted")
+        print(f"sparse-run: {e}", file=sys.stderr)
+        requeue = _submitit_requeue()
+        if requeue is not None:  # submitit pickles this job again and requeues it (exits)
+            requeue(e.signum, None)
+        sys.exit(128 + e.signum)
     except (ConfigError, Diverged, MasksOutOfSync) as e:
         _mark_failed(run_dir, e)
         if multirun:
@@ -278,6 +286,22 @@ def task(cfg: DictConfig) -> None:
     except BaseException as e:
         _mark_failed(run_dir, e)
         raise
+    finally:
+        preempt.uninstall()
+
+
+def _submitit_requeue() -> Any:
+    """In a job started by a submitit launcher, submitit's own preemption handler (it calls the launcher's
+    ``checkpoint()``, saves the resubmission and requeues the job); None elsewhere."""
+    from .engine import preempt
+
+    if not os.environ.get("SUBMITIT_EXECUTOR"):
+        return None
+    for sig in preempt.SIGNALS:
+        handler = preempt.previous(sig)
+        if getattr(handler, "__name__", "") == "checkpoint_and_try_requeue":
+            return handler
+    return None
 
 
 def main() -> None:

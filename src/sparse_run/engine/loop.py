@@ -24,7 +24,7 @@ from sparse_run.config.errors import ConfigError
 from sparse_run.data.spec import DataBundle
 from sparse_run.sparsity.masks import MaskSet
 
-from . import distributed
+from . import distributed, preempt
 
 
 class Diverged(RuntimeError):
@@ -301,10 +301,13 @@ def run(lanes: Sequence[Lane], data: DataBundle, tcfg: Any, build: Callable[[], 
                     raise Diverged(f"loss became {rec['train_loss']} at step {done} ({where}); "
                                    "lower train.lr or check the data")
             captures(done)
-            if every and done % every == 0 and done < steps:
+            signum = preempt.requested(done) if done < steps else None
+            if (every and done % every == 0 and done < steps) or signum:
                 for k, lane in enumerate(lanes):
                     if lane.checkpoint:
                         lane.checkpoint(state(k, done))
+            if signum:
+                raise preempt.Preempted(signum, f"after step {done} of {desc}")
     finally:
         bar.close()
         st.release()
