@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 import errno
-import hashlib
 import json
 import os
 import re
@@ -28,24 +27,20 @@ from omegaconf import DictConfig, OmegaConf
 
 from .config import ConfigError
 from .config.schema import schema_error
+from .store.names import MAX_DIRNAME, run_id  # noqa: F401 - MAX_DIRNAME re-exported (tests)
 
 CONF_MODULE = "sparse_run.conf"
-MAX_DIRNAME = 200  # file systems allow 255 bytes per path component
-
-
-def run_id(overrides: str) -> str:
-    """The run directory's name from Hydra's ``override_dirname``: one path component whatever the
-    values hold (``/`` → ``%2F``, ``%`` → ``%25``), shortened with a hash when too long."""
-    name = (overrides or "default").replace("%", "%25").replace("/", "%2F")
-    if name in (".", ".."):
-        name = name.replace(".", "%2E")
-    if len(name.encode()) > MAX_DIRNAME:
-        digest = hashlib.sha256(name.encode()).hexdigest()[:12]
-        name = name.encode()[: MAX_DIRNAME - 13].decode(errors="ignore") + "~" + digest
-    return name
-
-
 OmegaConf.register_new_resolver("run_id", run_id, replace=True)
+
+
+def gpu_count() -> int:
+    """GPUs torch sees (``hydra/launcher=gpus`` runs that many jobs at once); 1 without any."""
+    import torch
+
+    return max(1, torch.cuda.device_count())
+
+
+OmegaConf.register_new_resolver("gpu_count", gpu_count, replace=True)
 
 
 def groups() -> dict[str, list[str]]:
@@ -147,6 +142,26 @@ def unknown_key_error(e: Exception, overrides: list[str]) -> ConfigError | None:
     return ConfigError(key, f"not a config key; {hint}")  # the schema takes no new keys (config/schema.py)
 
 
+def check_launcher(overrides: list[str]) -> None:
+    """A sweep's launcher can start: its required options are set (``hydra/launcher=slurm`` needs a partition)
+    and a SLURM launcher runs where SLURM does — one line each, before any job or directory exists."""
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(version_base="1.3", config_module=CONF_MODULE):
+        launcher = compose(config_name="config", overrides=overrides, return_hydra_config=True).hydra.launcher
+    missing = sorted(OmegaConf.missing_keys(launcher))
+    if missing:
+        raise ConfigError(f"hydra.launcher.{missing[0]}", "missing: the launcher needs it; allowed: "
+                                                          f"hydra.launcher.{missing[0]}=VALUE on the command line")
+    target = str(launcher.get("_target_", ""))
+    if target.endswith("SlurmLauncher") and launcher.get("partition") is None:
+        raise ConfigError("hydra.launcher.partition", "missing: a SLURM sweep names the partition its jobs run in; "
+                                                      "allowed: hydra.launcher.partition=NAME (sinfo -s lists them)")
+    if target.endswith("SlurmLauncher") and shutil.which("sbatch") is None:
+        raise ConfigError("hydra/launcher", "a SLURM launcher, but sbatch is not on PATH here; allowed: run it on a "
+                                            "SLURM login node, or hydra/launcher=submitit_local|joblib|gpus")
+
+
 def prevalidate(args: list[str], multirun: bool = False) -> None:
     """Compose and validate a single run's config before Hydra touches the disk. For a multirun
     (whose sweeps compose only per job), the non-sweep overrides are composed and the paths checked."""
@@ -174,6 +189,8 @@ def prevalidate(args: list[str], multirun: bool = False) -> None:
         if err is not None:
             raise err from None
         raise
+    if multirun:
+        check_launcher(overrides)
     check_name(cfg.name)
     check_results_dir(cfg.paths.results_dir)
     check_writable_dir(cfg.paths.results_dir, "paths.results_dir")

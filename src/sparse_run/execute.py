@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from sparse_run import data as data_mod
 from sparse_run import hardware, methods, report
 from sparse_run.config import ConfigError, apply_budget, to_dict
-from sparse_run.engine import distributed, lanes, stages
+from sparse_run.engine import distributed, gpus, lanes, stages
 from sparse_run.engine import logger as logger_mod
 from sparse_run.engine import train as train_mod
 from sparse_run.engine.results import RunWriter
@@ -137,6 +137,13 @@ def execute(cfg: DictConfig, run_dir: Path) -> Path:
             return _follow(cfg, run_dir, device)
         run_dir.mkdir(parents=True, exist_ok=True)
         with ExitStack() as held:
+            if device.type == "cuda" and not ctx.active:  # several GPUs: this job takes one no other job holds
+                count = torch.cuda.device_count()
+                index = held.enter_context(gpus.claim(count))
+                torch.cuda.set_device(index)
+                device = torch.device("cuda", index)
+                if count > 1:
+                    print(f"sparse-run: GPU {index} of {count} ({torch.cuda.get_device_name(index)})")
             try:
                 held.enter_context(stages.file_lock(run_dir / LOCK, blocking=False))
             except BlockingIOError:

@@ -30,6 +30,21 @@ def test_multirun_2x2_with_a_failing_job_still_aggregates(tmp_path, launcher):
     assert "2 job(s) not complete" in (report / "table.txt").read_text()
     assert (report / "figures" / "lottery_mnist_smoke_accuracy_vs_density.png").exists()
     assert (report / "figures" / "lottery_mnist_smoke_accuracy_vs_density.pdf").exists()
+    jobs = pd.read_csv(report / "jobs.csv")
+    assert sorted(jobs.status) == ["complete", "complete", "failed", "failed"]
+    # a job that never started (a cluster job still queued, or cancelled): the separate report command names it
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    gone = summaries(tmp_path)[0].parent
+    shutil.rmtree(gone)
+    exe = str(Path(sys.executable).parent / "sparse-run-report")
+    out = subprocess.run([exe, str(tmp_path / "lottery_mnist"), "--no-figures"], capture_output=True, text=True,
+                         check=True).stdout
+    assert f"missing (never started): {gone.name}" in out and "1 complete, 2 failed, 1 missing" in out
+    assert sorted(pd.read_csv(report / "jobs.csv").status) == ["complete", "failed", "failed", "missing"]
 
 
 def test_report_command_on_a_results_root(tmp_path):

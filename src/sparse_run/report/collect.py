@@ -138,6 +138,12 @@ def _sweep_label(d: Path) -> str:
     return ",".join(job_overrides(d, skip))
 
 
+def job_dirs(root: Path) -> list[Path]:
+    """Every directory under ``root`` a job wrote (its ``run.json``, or only Hydra's record: it failed early)."""
+    root = Path(root)
+    return sorted({p.parent for p in root.rglob("run.json")} | {p.parent.parent for p in root.rglob(".hydra/config.yaml")})
+
+
 def collect(root: Path) -> pd.DataFrame:
     """Every run under ``root`` as summary rows; a failed or unfinished job becomes one row whose
     ``status`` says so (with its error), so a sweep with failures still aggregates.
@@ -149,8 +155,7 @@ def collect(root: Path) -> pd.DataFrame:
     root = Path(root)
     frames, seen = [], set()
     flats: dict[str, dict[str, str]] = {}
-    job_dirs = sorted({p.parent for p in root.rglob("run.json")} | {p.parent.parent for p in root.rglob(".hydra/config.yaml")})
-    for d in job_dirs:
+    for d in job_dirs(root):
         meta = job_meta(d)
         summary = d / "summary.csv"
         sweep = _sweep_label(d)

@@ -13,7 +13,8 @@ from hydra.experimental.callback import Callback
 from sparse_run.store.files import atomic_write_text
 from sparse_run.store.schema import SUMMARY_COLUMNS, rows_to_csv
 
-from .collect import FINISHED, _grouped, collect, counted
+from . import jobs
+from .collect import FINISHED, _grouped, collect, counted, job_dirs, job_meta
 from .dst import figures as dst_figures
 from .dst import is_dst
 from .experts import figures as expert_figures
@@ -61,6 +62,7 @@ def report(root: Path, figures: bool = True, quiet: bool = False) -> pd.DataFram
     if len(failed):
         lines.append(f"\n{len(failed)} job(s) not complete:")
         lines += [f"  {r['status']}: {r['run_dir']} {r.get('error', '') or ''}" for r in failed.to_dict('records')]
+    lines += _sweep_jobs(root, out)
     text = "\n".join(lines)
     atomic_write_text(out / "table.txt", text + "\n")
     if not quiet:
@@ -77,6 +79,25 @@ def report(root: Path, figures: bool = True, quiet: bool = False) -> pd.DataFram
                                 f"{root.name}: measured speedup of the final models (budgets "
                                 f"{', '.join(sorted(hw.budget.astype(str).unique()))})")
     return df
+
+
+def _sweep_jobs(root: Path, out: Path) -> list[str]:
+    """``report/jobs.csv`` (every job of every sweep under ``root``, missing ones included) and the lines saying
+    what is not complete."""
+    rows = jobs.status(root, {str(d): job_meta(d) for d in job_dirs(root)})
+    if not rows:
+        return []
+    atomic_write_text(out / "jobs.csv", rows_to_csv(rows, jobs.COLUMNS))
+    lines = []
+    for sweep in sorted({r["sweep"] for r in rows}):
+        mine = [r for r in rows if r["sweep"] == sweep and r["status"] != "unknown"]
+        counts: dict[str, int] = {}
+        for r in mine:
+            counts[r["status"]] = counts.get(r["status"], 0) + 1
+        lines.append(f"\nsweep {sweep}: {len(mine)} job(s): " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+        lines += [f"  missing (never started): {r['job']}" for r in mine if r["status"] == "missing"]
+        lines += [f"  {r['error']}" for r in rows if r["sweep"] == sweep and r["status"] == "unknown"]
+    return lines
 
 
 def _file_part(label: str, key: str) -> str:
