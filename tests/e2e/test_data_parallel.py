@@ -32,7 +32,8 @@ W_TOL, LOSS_TOL, ACC_TOL = 1e-5, 1e-5, 1.01e-3
 
 def torchrun(results: Path, *args: str, nproc: int = 2, check: bool = True) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
-    proc = subprocess.run([TORCHRUN, "--standalone", f"--nproc-per-node={nproc}", "-m", "sparse_run", *ARGS,
+    base = [a for a in ARGS if not (a.startswith("experiment=") and any(b.startswith("experiment=") for b in args))]
+    proc = subprocess.run([TORCHRUN, "--standalone", f"--nproc-per-node={nproc}", "-m", "sparse_run", *base,
                            *args, f"paths.results_dir={results}", "threads=1"],
                           capture_output=True, text=True, timeout=600, env={**env, "OMP_NUM_THREADS": "1"})
     if check and proc.returncode != 0:
@@ -89,6 +90,19 @@ def test_a_killed_one_process_run_resumes_on_two_processes(one_process, tmp_path
     proc = torchrun(tmp_path, "train.checkpoint_every=5")
     assert "resuming" in proc.stdout
     assert_equivalent(one_process, run_dir)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", ["gmp_mnist", "pai_mnist", "dst_mnist"])
+def test_every_data_parallel_kind_equals_one_process(tmp_path, experiment):
+    """gradual (hooks prune mid-arm), at_init (SNIP / GraSP / SynFlow scores from seeded batches), dynamic (RigL grows
+    on all-reduced gradients) — besides iterative above."""
+    args = [f"experiment={experiment}", *ARGS[1:]]
+    run_cli(*args, f"paths.results_dir={tmp_path / 'one'}", "threads=1")
+    torchrun(tmp_path / "two", f"experiment={experiment}")
+    one, = (tmp_path / "one" / experiment).glob("*/summary.csv")
+    two, = (tmp_path / "two" / experiment).glob("*/summary.csv")
+    assert_equivalent(one.parent, two.parent)
 
 
 @pytest.mark.parametrize("env, extra, field, allowed", [
