@@ -28,6 +28,21 @@ def run_cli(*args: str, check: bool = True, timeout: int = 600, env: dict | None
     return proc
 
 
+def run_main(monkeypatch, capsys, args: list[str], env: dict[str, str] | None = None) -> tuple[int, str]:
+    """``sparse-run ARGS`` in this process through the entry point's ``main``, for errors that come before Hydra
+    starts (seconds cheaper than a subprocess); (exit code, stderr). Launcher variables not in ``env`` are unset."""
+    from sparse_run import cli
+
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in (env or {}).items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(sys, "argv", ["sparse-run", *args])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    return e.value.code, capsys.readouterr().err
+
+
 def sigkill_inside(args: list[str], results: Path, experiment: str, inside: Callable[[str], bool]) -> Path:
     """Start ``sparse-run args`` into ``results``, SIGKILL it while an arm for which ``inside(arm key)`` holds has an
     in-flight checkpoint, and return that run's directory (its ``run.json`` still says running)."""

@@ -194,14 +194,15 @@ def prevalidate(args: list[str], multirun: bool = False) -> None:
     check_name(cfg.name)
     check_results_dir(cfg.paths.results_dir)
     check_writable_dir(cfg.paths.results_dir, "paths.results_dir")
-    if cfg.device in ("cpu", "cuda", "auto"):  # any other value is validate's one-line error
-        pick_device(cfg.device)  # device=cuda without CUDA: one line, before any directory exists
     if multirun:
+        if cfg.device == "cuda":
+            pick_device(cfg.device)  # device=cuda without CUDA: one line, before any job or directory exists
         return
     from .data import sources
     from .engine import logger
 
     eff = effective(cfg, explicit_keys(overrides))  # the one validation of a single run
+    pick_device(eff.device)  # device=cuda without CUDA: one line, before any directory exists
     logger.check(eff.logger)
     sources._root(cfg.dataset, cfg.paths.data_dir)
 

@@ -8,7 +8,7 @@ import pytest
 from hydra import compose, initialize_config_module
 
 import sparse_run.cli  # noqa: F401 - registers the resolvers the launcher configs use (gpu_count)
-from conftest import run_cli
+from conftest import run_main
 
 SWEEP = ["--multirun", "experiment=lottery_mnist", "budget=smoke", "seed=0,1"]
 
@@ -35,13 +35,14 @@ def test_slurm_launcher_config_renders_to_the_documented_sbatch_options(tmp_path
 
 @pytest.mark.parametrize("extra, field", [([], "hydra.launcher.partition"),
                                           (["hydra.launcher.partition=gpu"], "hydra/launcher")])
-def test_slurm_sweep_without_its_options_or_without_slurm_is_a_one_line_error(tmp_path, extra, field):
+def test_slurm_sweep_without_its_options_or_without_slurm_is_a_one_line_error(tmp_path, monkeypatch, capsys, extra,
+                                                                              field):
     if field == "hydra/launcher" and any(os.access(os.path.join(d, "sbatch"), os.X_OK)
                                          for d in os.environ.get("PATH", "").split(os.pathsep)):
         pytest.skip("this machine has SLURM")
-    proc = run_cli(*SWEEP, "hydra/launcher=slurm", *extra, f"paths.results_dir={tmp_path}", check=False)
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: {field}:"), proc.stderr
+    code, err = run_main(monkeypatch, capsys, [*SWEEP, "hydra/launcher=slurm", *extra, f"paths.results_dir={tmp_path}"])
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {field}:"), err
     assert not any(tmp_path.iterdir())
 
 

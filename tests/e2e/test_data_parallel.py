@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_cli, sigkill_inside
+from conftest import run_cli, run_main, sigkill_inside
 
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")
 # SGD with momentum: Adam divides each gradient by its running RMS, so float-rounding noise in near-zero gradients
@@ -83,6 +83,7 @@ def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(one_pro
     assert not list(Path(os.environ.get("TMPDIR", "/tmp")).glob("sparse-run-rank1-*/checkpoints"))  # scratch removed
 
 
+@pytest.mark.slow
 def test_a_killed_one_process_run_resumes_on_two_processes(one_process, tmp_path):
     """The global batch fixes the data order, so a checkpoint does not depend on how many processes wrote it."""
     run_dir = sigkill_inside([*ARGS, "threads=1", "train.checkpoint_every=5"], tmp_path, "lottery_mnist",
@@ -116,18 +117,18 @@ def test_every_data_parallel_kind_equals_one_process(tmp_path, experiment):
     ({"WORLD_SIZE": "two"}, [], "WORLD_SIZE", "allowed: a whole number"),
     ({"WORLD_SIZE": "2", "RANK": "0"}, ["--multirun", "seed=0,1"], "--multirun", "allowed: sweep"),
 ])
-def test_bad_launches_are_one_line_errors_before_anything_is_written(tmp_path, env, extra, field, allowed):
+def test_bad_launches_are_one_line_errors_before_anything_is_written(tmp_path, monkeypatch, capsys, env, extra,
+                                                                      field, allowed):
     args = [a for a in ARGS if not a.startswith("experiment=") or not any(e.startswith("experiment=") for e in extra)]
-    proc = run_cli(*args, *extra, f"paths.results_dir={tmp_path}", check=False, env=env)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"error: {field}:") and allowed in lines[0], lines
+    code, err = run_main(monkeypatch, capsys, [*args, *extra, f"paths.results_dir={tmp_path}"], env)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {field}:") and allowed in lines[0], lines
     assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
-def test_device_cuda_without_cuda_is_a_one_line_error(tmp_path):
-    proc = run_cli(*ARGS, "device=cuda", f"paths.results_dir={tmp_path}", check=False)
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: device:"), proc.stderr
+def test_device_cuda_without_cuda_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    code, err = run_main(monkeypatch, capsys, [*ARGS, "device=cuda", f"paths.results_dir={tmp_path}"], {})
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: device:"), err
     assert not any(tmp_path.iterdir())

@@ -6,11 +6,18 @@ imports neither the engine, the methods nor the studies (import-linter checks it
 ``nm`` / ``rnn`` / ``hardware`` (their experiments' figures), ``graph_stats`` (graph-property correlations),
 ``sweep`` (``sparse-run-report`` and the Hydra callback).
 """
-from .figures import run_figures
-from .plot import save_figure, save_png
-from .hardware import hardware_figure, read_hardware
-from .sweep import ReportCallback, main, report
-from .tables import console_table
+from importlib import import_module
+from typing import Any
 
-__all__ = ["ReportCallback", "console_table", "hardware_figure", "main", "read_hardware", "report", "run_figures",
-           "save_figure", "save_png"]
+# Loaded on first use (PEP 562): matplotlib, pandas and scipy cost ~3 s, and every CLI start would pay them.
+_HOME = {"run_figures": "figures", "save_figure": "plot", "save_png": "plot", "hardware_figure": "hardware",
+         "read_hardware": "hardware", "ReportCallback": "sweep", "main": "sweep", "report": "sweep",
+         "console_table": "tables"}
+
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f".{_HOME[name]}", __name__), name)

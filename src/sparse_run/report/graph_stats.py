@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from scipy import stats
 
 PROPERTIES = ("layers", "nodes", "edges", "sources", "sinks", "diameter", "density", "avg_path_length",
               "eccentricity_mean", "eccentricity_var", "eccentricity_std", "degree_mean", "degree_var", "degree_std",
@@ -42,6 +41,8 @@ def pearson(x: list[float], y: list[float]) -> tuple[float, float]:
     sxx, syy = sum((a - mx) ** 2 for a, _ in pairs), sum((b - my) ** 2 for _, b in pairs)
     if sxx <= 0 or syy <= 0:
         return math.nan, math.nan  # a constant property (or accuracy) correlates with nothing
+    from scipy import stats  # here: scipy.stats costs ~1.3 s at import, and every run imports this module
+
     res = stats.pearsonr([a for a, _ in pairs], [b for _, b in pairs])
     return float(res.statistic), float(res.pvalue)
 

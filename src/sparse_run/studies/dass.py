@@ -31,7 +31,6 @@ from sparse_run.models.darts import (OPS, DerivedNet, Genotype, Supernet, check_
                                      hand_cnn_like, param_count)
 from sparse_run.sparsity import levels
 from sparse_run.sparsity.selection import layer_counts
-from sparse_run.report.dass import SATURATED_PP, saturated
 from sparse_run.store.files import atomic_write_text, load_state
 
 from .darts_search import learn_scores, search
@@ -117,6 +116,7 @@ def run_study(run: Run) -> None:
                           steps=int(s.finetune_steps), context=ctx,
                           extra={"params": params, "test_acc_before_finetune": float(before)})
             run.writer.save("checkpoints/final.pt", {"model": model.state_dict(), "masks": masks.state_dict()})
+    from sparse_run.report.dass import SATURATED_PP, saturated  # here: report/ imports matplotlib (start-up)
     if saturated(run.writer_frame()):  # every row of the run, resumed arms included (report/dass.py's rule)
         print(f"sparse-run: every arm is within {SATURATED_PP} pp of its dense accuracy at every level: the "
               "comparison is saturated (uninformative, not negative); try dataset=fashion_mnist or higher sparsity")

@@ -31,7 +31,6 @@ from sparse_run.config import ConfigError, choice, number
 from sparse_run.engine import arms
 from sparse_run.engine.run import Run, derive_seed, record_event
 from sparse_run.models.graph_rnn import GATES, GraphRNNClassifier, block_rows, skip_groups
-from sparse_run.report.graph_stats import CORRELATION_COLUMNS, correlations
 from sparse_run.sparsity import MaskSet
 from sparse_run.store.files import atomic_write_text
 from sparse_run.store.schema import rows_to_csv
@@ -259,5 +258,6 @@ def run_graph_rnn(run: Run) -> None:
                                context={"model_arm": mlabel, "graph_family": family},
                                extra={"graph_seed": gseed, "graph_cell": cell, **props})
                 run.writer.save("checkpoints/final.pt", {"model": model.state_dict(), "masks": masks.state_dict()})
+    from sparse_run.report.graph_stats import CORRELATION_COLUMNS, correlations  # here: report/ imports matplotlib (start-up)
     atomic_write_text(run.dir / "correlations.csv", rows_to_csv(correlations(run.writer.rows), CORRELATION_COLUMNS))
 

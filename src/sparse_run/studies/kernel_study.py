@@ -19,7 +19,6 @@ from sparse_run.hardware.env import environment
 from sparse_run.hardware.kernels import (BACKENDS, BREAKEVEN_COLUMNS, COLUMNS, _sparse, breakeven, format_breakeven,
                                          make_weight, parse_pattern, settings)
 from sparse_run.hardware.timing import Protocol, best_dense, speedup, time_rounds
-from sparse_run.report.hardware import kernel_figure
 from sparse_run.store.files import atomic_write_text
 from sparse_run.store.schema import rows_to_csv
 
@@ -86,6 +85,7 @@ def run_study(run: Run) -> None:
     dense = "fastest of MKL / oneDNN" if use_dnn else "ATen"
     title = (f"{cfg.name}: MobileNet-v1 1x1 convs at 224², batch 1, {threads} thread(s), {proto.rounds} rounds, "
              f"budget {cfg.budget.name} ({note}); dense GEMM: {dense}; load avg {env.get('load_avg', ['?'])[0]:.2f}")
+    from sparse_run.report.hardware import kernel_figure  # here: report/ imports matplotlib (start-up)
     kernel_figure(df[df.status == "ok"], be, run.dir / "figures" / "speedup_vs_sparsity.png", title)
     print(format_breakeven(be))
 

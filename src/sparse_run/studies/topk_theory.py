@@ -22,7 +22,6 @@ import torch
 
 from sparse_run.config import ConfigError, number
 from sparse_run.engine.run import Run, derive_seed
-from sparse_run.report.topk_theory import rates_figure
 from sparse_run.store.files import atomic_write_text
 from sparse_run.store.schema import rows_to_csv
 
@@ -109,6 +108,7 @@ def run_study(run: Run) -> None:
     atomic_write_text(run.dir / "slopes.csv", rows_to_csv(srows, SLOPE_COLUMNS))
     title = (f"{cfg.name} (budget {cfg.budget.name}, seed {run.seed}): truth k* = 2, K = 1; {int(s.replications)} "
              f"replications per n; L-BFGS {int(s.fit_steps)} iterations, {int(s.restarts)} random + warm starts")
+    from sparse_run.report.topk_theory import rates_figure  # here: report/ imports matplotlib (start-up)
     rates_figure(df, pd.DataFrame(srows), run.dir / "figures" / "topk_rates.png", title)
     for r in srows:
         print(f"  {r['fit']:<6} {r['loss']:<9} slope {r['slope']:+.3f} [{r['slope_lo']:+.3f}, {r['slope_hi']:+.3f}]")
