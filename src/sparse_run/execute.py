@@ -137,6 +137,11 @@ def execute(cfg: DictConfig, run_dir: Path) -> Path:
             return _follow(cfg, run_dir, device)
         run_dir.mkdir(parents=True, exist_ok=True)
         with ExitStack() as held:
+            try:
+                held.enter_context(stages.file_lock(run_dir / LOCK, blocking=False))
+            except BlockingIOError:
+                raise RunBusy(str(run_dir), "another sparse-run process is running this run directory (it holds "
+                                            f"{LOCK}); wait for it to finish, or point this one elsewhere") from None
             if device.type == "cuda" and not ctx.active:  # several GPUs: this job takes one no other job holds
                 count = torch.cuda.device_count()
                 index = held.enter_context(gpus.claim(count))
@@ -144,14 +149,14 @@ def execute(cfg: DictConfig, run_dir: Path) -> Path:
                 device = torch.device("cuda", index)
                 if count > 1:
                     print(f"sparse-run: GPU {index} of {count} ({torch.cuda.get_device_name(index)})")
-            try:
-                held.enter_context(stages.file_lock(run_dir / LOCK, blocking=False))
-            except BlockingIOError:
-                raise RunBusy(str(run_dir), "another sparse-run process is running this run directory (it holds "
-                                            f"{LOCK}); wait for it to finish, or point this one elsewhere") from None
             return _execute(cfg, run_dir, device, restart)
     finally:
         distributed.teardown()
+
+
+def _load_data(cfg: DictConfig, device: torch.device) -> data_mod.DataBundle:
+    return data_mod.load(cfg.dataset, cfg.paths.data_dir, device,
+                         train_subset=cfg.budget.train_subset, eval_subset=cfg.budget.eval_subset)
 
 
 def _follow(cfg: DictConfig, run_dir: Path, device: torch.device) -> Path:
@@ -162,9 +167,7 @@ def _follow(cfg: DictConfig, run_dir: Path, device: torch.device) -> Path:
         return run_dir
     work = distributed.scratch(files)
     try:
-        data = data_mod.load(cfg.dataset, cfg.paths.data_dir, device,
-                             train_subset=cfg.budget.train_subset, eval_subset=cfg.budget.eval_subset)
-        run = Run(cfg=cfg, dir=work, data=data, writer=RunWriter(work), log=logger_mod.Logger(), device=device)
+        run = Run(cfg=cfg, dir=work, data=_load_data(cfg, device), writer=RunWriter(work), log=logger_mod.Logger(), device=device)
         run.load_progress()
         lanes.run_lanes(run, methods.REGISTRY[cfg.method.schedule.kind].run)
     finally:
@@ -197,8 +200,7 @@ def _execute(cfg: DictConfig, run_dir: Path, device: torch.device, restart: bool
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))
     distributed.share_start(run_dir, STATE_DIRS)  # the other ranks resume from the same state
 
-    data = data_mod.load(cfg.dataset, cfg.paths.data_dir, device,
-                         train_subset=cfg.budget.train_subset, eval_subset=cfg.budget.eval_subset)
+    data = _load_data(cfg, device)
     log = logger_mod.build(cfg.logger, run_dir, cfg_dict, f"{cfg.name}/{run_dir.name}")
     run = Run(cfg=cfg, dir=run_dir, data=data, writer=RunWriter(run_dir), log=log, device=device)
     ok = False

@@ -15,6 +15,8 @@ from typing import Any, Callable
 
 import torch
 
+from . import distributed
+
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
 
@@ -68,8 +70,6 @@ DP_EVERY = 10  # data-parallel runs compare the flag every this many steps (a co
 def requested(step: int) -> int | None:
     """The signal received since ``install``, else None. In a data-parallel run: any rank's, looked at on steps
     that are multiples of ``DP_EVERY`` (the same steps on every rank), so all ranks stop together."""
-    from . import distributed
-
     if not distributed.current().active:
         return _requested
     if step % DP_EVERY:
