@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q $(TORCH_PINS)
 	$(BIN)/python -m pip install -q -e '.[wandb,launchers,test]'
 	$(BIN)/python -m sparse_run.hardware.group_kernel 2>/dev/null || true  # the g×1 group kernel (C++; optional)
+	$(BIN)/python -m sparse_run.engine.sparse_linear 2>/dev/null || true  # the masked-linear kernel (C++; optional)
 	touch $@
 
 install: $(STAMP)
@@ -42,8 +43,9 @@ test: data  ## ruff, the layer contract and the fast test suite (TEST_WORKERS=0:
 test-slow: data  ## also the slow end-to-end tests
 	$(BIN)/python -m pytest -m "slow or not slow"
 
-bench: data  ## training-loop speed against a hand-written loop
+bench: data  ## training-loop speed against hand-written loops; sparse kernels vs dense per density
 	$(BIN)/python scripts/bench_train.py --json results/bench_train.json
+	$(BIN)/python scripts/bench_sparse.py --json results/bench_sparse.json
 
 figures: data $(if $(filter smoke,$(BUDGET)),,data-fashion)  ## the gallery and claims scoreboard into results/README.md (BUDGET=quick|paper|smoke; ONLY="entry ...")
 	$(BIN)/python scripts/make_figures.py --budget $(BUDGET) $(if $(ONLY),--only $(ONLY)) \

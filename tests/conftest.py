@@ -10,6 +10,10 @@ from typing import Callable
 import pytest
 from hydra import compose, initialize_config_module
 
+# measured kernel choices (engine.kernels.Memory) go to a file of this test process, not the user's cache
+os.environ.setdefault("SPARSE_RUN_KERNELS", str(Path(os.environ.get("TMPDIR", "/tmp")) /
+                                                f"sparse-run-test-kernels-{os.getpid()}.json"))
+
 REPO = Path(__file__).resolve().parents[1]
 CLI = str(Path(sys.executable).parent / "sparse-run")
 

@@ -43,8 +43,9 @@ def lenet_lane(seed: int, policy, density: float = 0.3) -> tuple[nn.Module, Mask
 
 
 def tcfg(**kw):
+    # lanes compute dense; a single run at 30 % density could measure a sparse kernel faster and sum in another order
     t = compose_cfg("experiment=lottery_mnist").train.copy()
-    t.update(batch_size=20, **kw)
+    t.update(batch_size=20, sparse_kernel="dense", **kw)
     return t
 
 

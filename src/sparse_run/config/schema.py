@@ -44,6 +44,8 @@ class TrainConfig:
     grad_clip: Optional[float] = key(None, "max global gradient norm after masking (null / 0: off)")
     compile: bool = key(False, "torch.compile the model")
     linear_kernel: str = key("auto", "auto | onednn | aten: nn.Linear on CPU through oneDNN (auto: on CPU, eager)")
+    sparse_kernel: str = key("auto", "auto | dense | csr | cpp: masked nn.Linear layers through sparse kernels on CPU "
+                                     "(auto: per layer, whichever measures faster at each arm's first step)")
     replicates: int = key(1, "K > 1: seeds seed..seed+K-1 trained in one vectorised pass (lock-step kinds)")
     chance_check: bool = key(True, "flag an arm ending at chance accuracy (copied from budget.chance_check)")
     probe_activations: int = key(0, "> 0: at every evaluation, the share of non-zero activations per ReLU / Top-k / "

@@ -6,7 +6,7 @@ from typing import Any
 
 from sparse_run.config import ConfigError, choice, number
 
-from . import lanes
+from . import kernels, lanes
 from .logger import KINDS as LOGGERS
 from .onednn import KERNELS
 from .train import LR_SCHEDULES, OPTIMIZERS
@@ -29,6 +29,10 @@ def validate_train(cfg: Any, lockstep: tuple[str, ...]) -> None:
     choice(t.linear_kernel, "train.linear_kernel", KERNELS)
     if t.linear_kernel == "onednn" and (cfg.device == "cuda" or t.compile):
         raise ConfigError("train.linear_kernel", "onednn runs on CPU without train.compile; use auto or aten")
+    choice(t.sparse_kernel, "train.sparse_kernel", kernels.KINDS)
+    if t.sparse_kernel in ("csr", "cpp") and (cfg.device == "cuda" or t.compile or t.replicates > 1):
+        raise ConfigError("train.sparse_kernel", f"{t.sparse_kernel} runs on CPU, without train.compile and with "
+                                                 "train.replicates = 1; use auto or dense")
     number(t.checkpoint_every, "train.checkpoint_every", lo=0, integer=True)
     if t.grad_clip is not None:
         number(t.grad_clip, "train.grad_clip", lo=0)  # lanes clip each lane's own norm, as single runs do

@@ -219,6 +219,7 @@ def broadcast_masks(masks: MaskSet) -> None:
         src = m.to(torch.uint8)
         dist.broadcast(src, 0)
         m.copy_(src.bool())
+    masks.changed()
 
 
 # -- the run directory ----------------------------------------------------------------------------

@@ -281,9 +281,12 @@ def train_replicates(lanes: Sequence[Lane], data: DataBundle, tcfg: Any, *, step
     names = _check_lanes(lanes)
     fast = onednn.resolve(str(tcfg.linear_kernel), data.train_x.device, bool(tcfg.compile))
     start = int(lanes[0].resume["step"]) if lanes[0].resume else 0
-    return run(lanes, data, tcfg, lambda: _Stack(lanes, names, tcfg, steps, fast), steps=steps,
-               eval_every=eval_every, desc=desc, bar=_progress(steps, f"{desc} x{len(lanes)}", start),
-               zero_state=zero_pruned_state)
+    results = run(lanes, data, tcfg, lambda: _Stack(lanes, names, tcfg, steps, fast), steps=steps,
+                  eval_every=eval_every, desc=desc, bar=_progress(steps, f"{desc} x{len(lanes)}", start),
+                  zero_state=zero_pruned_state)
+    for r in results:
+        r.extra["kernels"] = "dense"  # lanes compute every layer dense (train.sparse_kernel: single runs)
+    return results
 
 
 def _mul_all(tensors: list[torch.Tensor], factors: list[torch.Tensor]) -> None:

@@ -188,6 +188,7 @@ class Run:
                # the task's further final test metrics (ranking: test_ndcg) and the activation probe's
                **{k: v for k, v in result.history[-1].items()
                   if (k.startswith("test_") and k != "test_acc") or k.startswith("act_")},
+               **({"kernels": result.extra["kernels"]} if result.extra.get("kernels") else {}),
                **(extra or {}),
                **(row_extra(result) if row_extra else {})}
         if save_as:

@@ -39,7 +39,9 @@ if TYPE_CHECKING:
 def stage_key(run: "Run", stage: str, capture_step: int | None) -> str:
     c = to_dict(run.cfg)
     determining = {"stage": stage, "version": __version__, "model": c["model"], "dataset": c["dataset"],
-                   "train": {k: v for k, v in c["train"].items() if k not in ("checkpoint_every", "compile")},
+                   # the dense stage has no masked weight, so train.sparse_kernel never applies to it
+                   "train": {k: v for k, v in c["train"].items()
+                             if k not in ("checkpoint_every", "compile", "sparse_kernel")},
                    "seed": c["seed"], "device": str(run.device),
                    "subsets": [c["budget"]["train_subset"], c["budget"]["eval_subset"]],
                    "capture_step": capture_step}

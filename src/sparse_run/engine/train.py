@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from . import distributed, onednn, tasks
+from . import distributed, kernels, onednn, tasks
 from sparse_run.config.errors import choice
 from sparse_run.config.schema import train_config
 from sparse_run.data.spec import DataBundle
@@ -185,16 +185,24 @@ def train(model: nn.Module, masks: MaskSet, data: DataBundle, tcfg: Any, *, step
     every ``train.checkpoint_every`` steps; passing that state back as ``resume`` continues
     bit-for-bit. ``capture=(k, fn)`` hands ``fn`` the same state at step ``k`` (late rewinding keeps
     it as the point survivors return to). On CPU, ``train.linear_kernel`` (default ``auto``) runs
-    the ``nn.Linear`` layers through oneDNN (see ``onednn``).
+    the ``nn.Linear`` layers through oneDNN (see ``onednn``) and ``train.sparse_kernel`` (default ``auto``) the
+    masked ones through sparse kernels where that measures faster (see ``kernels``).
     """
     lane = Lane(model, masks, seed, desc, hooks, on_eval, checkpoint, resume, capture)
     tcfg = train_config(tcfg)
-    fast = onednn.resolve(str(tcfg.linear_kernel), data.train_x.device, bool(tcfg.compile))
+    device, compiled = data.train_x.device, bool(tcfg.compile)
+    fast = onednn.resolve(str(tcfg.linear_kernel), device, compiled)
+    kind = str(tcfg.sparse_kernel)
+    kernels.check(kind, device, compiled)
     start = int(resume["step"]) if resume is not None else 0
-    with onednn.use_onednn(model, fast):
-        return run([lane], data, tcfg, lambda: SingleModule(model, masks, tcfg, steps, tasks.for_data(data)), steps=steps,
-                   eval_every=eval_every, desc=desc, bar=_progress(steps, desc, start),
-                   zero_state=zero_pruned_state)[0]
+    with onednn.use_onednn(model, fast), kernels.use(model, masks, kind,
+                                                     enabled=kernels.sparse_ok(device, compiled, 1)) as kern:
+        kern.load_state_dict(resume.get("kernels") if resume is not None else None)
+        result = run([lane], data, tcfg, lambda: SingleModule(model, masks, tcfg, steps, tasks.for_data(data), kern),
+                     steps=steps, eval_every=eval_every, desc=desc, bar=_progress(steps, desc, start),
+                     zero_state=zero_pruned_state)[0]
+    result.extra["kernels"] = kern.summary()
+    return result
 
 
 class SingleModule:
@@ -202,8 +210,9 @@ class SingleModule:
     optimizer stepped by ``LeanStep``, masks enforced by the ``MaskSet`` itself; the loss and the
     evaluation are the data's task (``tasks``: classification, or ranking for interactions)."""
 
-    def __init__(self, model: nn.Module, masks: MaskSet, tcfg: Any, steps: int, task: Any = None):
-        self.model, self.masks = model, masks
+    def __init__(self, model: nn.Module, masks: MaskSet, tcfg: Any, steps: int, task: Any = None,
+                 kern: kernels.Kernels | None = None):
+        self.model, self.masks, self.kern = model, masks, kern
         self.task = task or tasks.Classification()
         self.eval_extra: list[dict[str, torch.Tensor]] = [{}]
         self.opt = make_optimizer(list(model.parameters()), tcfg)
@@ -247,7 +256,8 @@ class SingleModule:
 
     def lane_state(self, k: int) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "masks": self.masks.state_dict(),
-                "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict()}
+                "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                "kernels": self.kern.state_dict() if self.kern is not None else {}}
 
     def load_optimizer_states(self, states: list[dict[str, Any]]) -> None:
         self.opt.load_state_dict(states[0])

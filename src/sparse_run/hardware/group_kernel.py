@@ -8,18 +8,18 @@ output columns it keeps the g × 16 accumulators in registers while it streams t
 vectorised along the group. Groups run in parallel on torch's thread pool. A streaming variant (axpy of each kept
 input row into the group's rows, 256 columns at a time) is faster at large batches; the layer times both.
 
-It is built with ``torch.utils.cpp_extension.load_inline`` (g++ and ninja, ``-O3 -march=native``: the host's
-own instruction set, AVX2 or AVX-512, since it is compiled where it runs) into torch's extension cache;
-``make install`` builds it once so no run pays the compile. Without a compiler the build fails once, is reported
-(``status()``), and the group layers use their stock-torch variants — the layer's per-shape timing decides among
+It is built by ``engine.cext`` (compiled where it runs, for the host's own instruction set; ``make install``
+builds it once). Without a compiler the build fails once, is reported (``status()``), and the group layers use
+their stock-torch variants — the layer's per-shape timing decides among
 whatever is available, so this kernel is used only where it measures faster.
 """
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import torch
+
+from sparse_run.engine import cext
 
 _SOURCE = r"""
 #include <torch/extension.h>
@@ -123,34 +123,18 @@ torch::Tensor group_mm_stream(torch::Tensor values, torch::Tensor index, torch::
   return out;
 }
 """
-_lock = threading.Lock()
-_state: dict[str, Any] = {}
+_NAME = "sparse_run_group_mm"
 
 
 def load() -> Any | None:
     """The compiled module, or None when it cannot be built here (the reason: ``status()``)."""
-    with _lock:
-        if "module" not in _state:
-            try:
-                import logging
-
-                logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "no CUDA runtime": known
-                from torch.utils.cpp_extension import load_inline
-
-                _state["module"] = load_inline(
-                    name="sparse_run_group_mm", cpp_sources=[_SOURCE], functions=["group_mm", "group_mm_stream"],
-                    extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=False)
-                _state["status"] = "built"
-            except Exception as e:  # no compiler / headers / ninja: the stock-torch variants remain
-                _state["module"] = None
-                _state["status"] = f"unavailable: {type(e).__name__}: {str(e).strip().splitlines()[-1][:160] if str(e).strip() else ''}"
-        return _state["module"]
+    return cext.load(_NAME, _SOURCE, ["group_mm", "group_mm_stream"])
 
 
 def status() -> str:
     """``built`` or ``unavailable: <why>`` (after ``load()``)."""
     load()
-    return str(_state["status"])
+    return cext.status(_NAME)
 
 
 def group_mm(values: torch.Tensor, index: torch.Tensor, counts: torch.Tensor, xt: torch.Tensor, *,

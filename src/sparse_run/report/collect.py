@@ -26,7 +26,7 @@ def _grouped(df: pd.DataFrame) -> pd.DataFrame:
 # shown or scheduled, which kernel or device computes it, how the hardware timing is sampled.
 NON_DETERMINING = ("seed", "claims", "paths", "logger", "progress", "threads", "hydra", "cache", "device", "hardware",
                    "dataset.root", "dataset.download", "train.checkpoint_every", "train.compile",
-                   "train.linear_kernel", "train.replicates")
+                   "train.linear_kernel", "train.sparse_kernel", "train.replicates")
 # the keys that determine the dense (round 0) training: those of the cached dense stage (stages.stage_key)
 DENSE_DETERMINING = ("name", "model", "dataset", "train", "budget.train_subset", "budget.eval_subset",
                      "method.schedule.models")

@@ -35,6 +35,7 @@ class MaskSet:
             n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()}
         self._fmasks: list[torch.Tensor] | None = None
         self._active: tuple[list[nn.Parameter], list[torch.Tensor]] | None = None
+        self.version = 0  # bumped by every mask change (``set``, ``changed``): sparse kernels rebuild their plans
 
     # -- structure ------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -48,8 +49,13 @@ class MaskSet:
         """Replace the masks (after a pruning event) and zero the newly pruned weights."""
         assert set(masks) == set(self.params), "masks must cover exactly the prunable parameters"
         self.masks = {n: m.to(dtype=torch.bool, device=self.params[n].device) for n, m in masks.items()}
-        self._fmasks = self._active = None
+        self.changed()
         self.apply_()
+
+    def changed(self) -> None:
+        """Declare that the masks were changed in place: cached float masks and kernel plans are rebuilt."""
+        self._fmasks = self._active = None
+        self.version += 1
 
     def clone_masks(self) -> dict[str, torch.Tensor]:
         return {n: m.clone() for n, m in self.masks.items()}

@@ -45,7 +45,9 @@ def _data(n: int = 300) -> DataBundle:
 
 
 def _tcfg(**kw) -> OmegaConf:
-    return OmegaConf.create({"optimizer": "adam", "lr": 1e-3, "batch_size": 20, "chance_check": False, **kw})
+    # sparse kernels are public API and compared on their own (test_sparse_kernels); dense here isolates the switch
+    return OmegaConf.create({"optimizer": "adam", "lr": 1e-3, "batch_size": 20, "chance_check": False,
+                             "sparse_kernel": "dense", **kw})
 
 
 def _train(safe: bool, monkeypatch, seed: int = 0, **kw) -> nn.Module:

@@ -1,0 +1,241 @@
+"""Sparse kernels in the training loop (``train.sparse_kernel``): each kernel's defining products against
+``F.linear`` on the masked weight, the loop on sparse kernels against the dense loop, the ``auto`` choice
+(measured, remembered, restored on resume, falling back to dense), and the configuration errors."""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torch import nn
+
+from sparse_run import models
+from sparse_run.config import ConfigError
+from sparse_run.data.spec import DataBundle, DataSpec
+from sparse_run.engine import kernels
+from sparse_run.engine import sparse_linear as sl
+from sparse_run.engine.train import train
+from sparse_run.sparsity import MaskSet, prunable
+from tests.conftest import compose_cfg
+
+CPP = sl.cpp_module() is not None
+SPARSE = ["csr", pytest.param("cpp", marks=pytest.mark.skipif(not CPP, reason=f"C++ kernel {sl.cpp_status()}"))]
+FNS = {"csr": sl.linear, "cpp": sl.linear_cpp}
+SPEC = DataSpec("toy", (1, 28, 28), 10)
+
+
+def _layer(out: int, inp: int, density: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    mask = torch.rand(out, inp, generator=gen) < density
+    return (torch.randn(out, inp, generator=gen) * mask).requires_grad_(), torch.randn(out, generator=gen), mask
+
+
+@pytest.mark.parametrize("kind", SPARSE)
+@pytest.mark.parametrize("batch", [1, 13, 60])
+def test_sparse_products_equal_the_masked_dense_layer(kind, batch):
+    """forward W x + b, input gradient Wᵀ g and weight gradient g xᵀ restricted to the mask, for batches
+    that are and are not multiples of the C++ kernel's vector width."""
+    w, b, mask = _layer(37, 50, 0.1)
+    b.requires_grad_()
+    x = torch.randn(batch, 50, requires_grad=True)
+    gy = torch.randn(batch, 37)
+    y = FNS[kind](x, w, b, sl.Plan.of(mask))
+    gx, gw, gb = torch.autograd.grad(y, [x, w, b], gy)
+    ref = F.linear(x, w, b)
+    rx, rw, rb = torch.autograd.grad(ref, [x, w, b], gy)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gx, rx, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gw, rw * mask, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gb, rb)
+    assert not gw[~mask].any()  # exactly zero off the mask, by construction
+    with torch.no_grad():  # evaluation: the bare kernel, leading dimensions kept
+        x3 = torch.randn(2, 3, 50)
+        torch.testing.assert_close(FNS[kind](x3, w, None, sl.Plan.of(mask)), F.linear(x3, w), rtol=1e-5, atol=1e-5)
+
+
+def test_plan_holds_the_mask_and_its_transpose():
+    mask = torch.tensor([[1, 0, 1], [0, 0, 0], [0, 1, 1]], dtype=torch.bool)
+    p = sl.Plan.of(mask)
+    assert p.crow.tolist() == [0, 2, 2, 4] and p.col.tolist() == [0, 2, 1, 2] and p.pos.tolist() == [0, 2, 7, 8]
+    assert p.crow_t.tolist() == [0, 1, 2, 4] and p.col_t.tolist() == [0, 2, 0, 2] and p.pos_t.tolist() == [0, 7, 2, 8]
+    assert p.nnz == 4 and p.density == pytest.approx(4 / 9)
+
+
+def toy_data(n: int = 1200) -> DataBundle:
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(n, 1, 28, 28, generator=gen)
+    y = (x.flatten(1)[:, :10].argmax(1) + (x.flatten(1)[:, 10] > 1).long()) % 10  # learnable, not trivial
+    return DataBundle(SPEC, x, y, x[:200], y[:200], x[200:400], y[200:400])
+
+
+def lenet(density: float, seed: int = 0) -> tuple[nn.Module, MaskSet]:
+    cfg = compose_cfg("experiment=lottery_mnist")
+    model = models.build(cfg.model, SPEC, seed)
+    masks = MaskSet(prunable(model, cfg.method.policy))
+    gen = torch.Generator().manual_seed(100 + seed)
+    masks.set({n: torch.rand(m.shape, generator=gen) < density for n, m in masks.masks.items()})
+    return model, masks
+
+
+def tcfg(**kw):
+    t = compose_cfg("experiment=lottery_mnist").train.copy()
+    t.update(chance_check=False, **kw)
+    return t
+
+
+@pytest.mark.parametrize("kind", SPARSE)
+def test_lth_at_7_percent_trains_on_sparse_kernels_like_dense(kind):
+    """100 Adam steps of LeNet-300-100 at 7 % density: the sparse loop follows the dense loop's loss trajectory
+    (same maths, another summation order: measured |Δ loss| ~1e-6 relative here; 1e-3 leaves room for other
+    CPUs without hiding a wrong gradient, which moves the loss by ~1e-2 within ten steps), pruned weights stay
+    exactly zero, and the row records the kernel."""
+    data = toy_data()
+    runs = {}
+    for k in ("dense", kind):
+        model, masks = lenet(0.07)
+        runs[k] = (train(model, masks, data, tcfg(sparse_kernel=k), steps=100, eval_every=10, seed=0), model, masks)
+    (ref, mref, _), (got, mgot, masks) = runs["dense"], runs[kind]
+    for a, b in zip(ref.history, got.history):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-3)
+        assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-3)
+    for (name, a), b in zip(mref.named_parameters(), mgot.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4, msg=name)
+    assert masks.violations() == {}
+    assert got.extra["kernels"] == f"hidden.0={kind}/{kind} hidden.1={kind}/{kind} out={kind}/{kind}"
+    assert ref.extra["kernels"] == "dense"
+
+
+def fake_timer(winner: str, calls: list | None = None):
+    """A timer that reports ``winner`` 2x faster than everything else (and records what it was asked)."""
+    def timer(fns):
+        if calls is not None:
+            calls.append(sorted(fns))
+        return {k: (1e-4 if k == winner or (winner != "dense" and k != "dense") else 2e-4) for k in fns}
+    return timer
+
+
+@pytest.mark.parametrize("winner", ["dense", "cpp" if CPP else "csr"])
+def test_auto_takes_what_measures_faster_and_falls_back_to_dense(winner):
+    """``auto`` times dense against the sparse kernels on each layer's real input, once for training and once
+    for evaluation, and takes the faster; dense stays when the sparse path is slower."""
+    model, masks = lenet(0.05)
+    calls: list = []
+    with kernels.use(model, masks, "auto", timer=fake_timer(winner, calls), memory=None) as kern:
+        train(model, masks, toy_data(), tcfg(sparse_kernel="dense"), steps=3, eval_every=3, seed=0)  # loop unpatched
+        out = model(torch.randn(60, 1, 28, 28))
+        out.sum().backward()  # the training choice
+        with torch.no_grad():
+            model(torch.randn(500, 1, 28, 28))  # the evaluation choice
+    sparse = "cpp" if CPP else "csr"
+    assert all(c == sorted(["dense", sparse]) for c in calls) and len(calls) == 6  # 3 layers x (train, eval)
+    summary = kern.summary()
+    assert summary == ("dense" if winner == "dense" else f"hidden.0={sparse}/{sparse} hidden.1={sparse}/{sparse} "
+                                                         f"out={sparse}/{sparse}")
+    assert all(not m.__dict__.get("forward") for m in model.modules() if isinstance(m, nn.Linear))  # unpatched
+
+
+def test_auto_does_not_measure_dense_masks_or_high_densities():
+    model, masks = lenet(0.5)
+    calls: list = []
+    with kernels.use(model, masks, "auto", timer=fake_timer("csr", calls), memory=None) as kern:
+        model(torch.randn(8, 1, 28, 28)).sum().backward()
+    assert calls == [] and kern.summary() == "dense"
+
+
+def test_a_mask_change_rebuilds_the_plan_and_remeasures_only_when_density_moves():
+    """Dynamic sparse training swaps weights at constant density: the plan follows the new mask without
+    measuring again; a pruning step that moves the density by more than 10 % measures again."""
+    model, masks = lenet(0.05)
+    calls: list = []
+    gen = torch.Generator().manual_seed(5)
+    with kernels.use(model, masks, "auto", timer=fake_timer("csr", calls), memory=None):
+        x = torch.randn(20, 1, 28, 28)
+        model(x).sum().backward()
+        assert len(calls) == 3
+        swapped = {n: m[torch.randperm(m.numel(), generator=gen)].view(m.shape) if m.dim() == 1 else
+                   m.flatten()[torch.randperm(m.numel(), generator=gen)].view(m.shape) for n, m in masks.masks.items()}
+        masks.set(swapped)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.normal_()
+            masks.apply_()
+        y = model(x)
+        assert len(calls) == 3  # same density: no new measurement
+        torch.testing.assert_close(y, _dense_forward(model, x), rtol=1e-4, atol=1e-4)  # ... but the new mask
+        masks.set({n: m & (torch.rand(m.shape, generator=gen) < 0.5) for n, m in masks.masks.items()})
+        model(x).sum().backward()
+        assert len(calls) == 6
+
+
+def _dense_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    h = x.flatten(1)
+    for lin in (model.hidden[0], model.hidden[1]):
+        h = torch.relu(F.linear(h, lin.weight, lin.bias))
+    return F.linear(h, model.out.weight, model.out.bias)
+
+
+def test_choices_are_remembered_per_machine(tmp_path):
+    """A second run on the same machine takes the remembered choice without measuring; a file written under
+    another fingerprint, or damaged, is ignored (measured again and rewritten)."""
+    path = tmp_path / "kernels.json"
+    x = torch.randn(20, 1, 28, 28)
+    for expect_calls in (3, 0):
+        model, masks = lenet(0.05)
+        calls: list = []
+        with kernels.use(model, masks, "auto", timer=fake_timer("csr", calls), memory=kernels.Memory(path)) as kern:
+            model(x).sum().backward()
+        assert len(calls) == expect_calls and kern.summary().startswith(f"hidden.0={'cpp' if CPP else 'csr'}/")
+    doc = json.loads(path.read_text())
+    assert len(doc["choices"]) == 3 and all(e["choice"] != "dense" for e in doc["choices"].values())
+    for text in (json.dumps({**doc, "fingerprint": "another machine"}), "{not json"):
+        path.write_text(text)
+        model, masks = lenet(0.05)
+        calls = []
+        with kernels.use(model, masks, "auto", timer=fake_timer("dense", calls), memory=kernels.Memory(path)):
+            model(x).sum().backward()
+        assert len(calls) == 3
+        assert json.loads(path.read_text())["fingerprint"] != "another machine"
+
+
+@pytest.mark.parametrize("kind", ["auto", "cpp" if CPP else "csr"])
+def test_resume_mid_arm_is_identical_and_keeps_the_choices(kind, monkeypatch):
+    """A run checkpointed mid-arm and resumed equals the uninterrupted run bit for bit; under ``auto`` the
+    resumed half uses the checkpoint's choices even where a new measurement would choose otherwise."""
+    data, t = toy_data(), tcfg(sparse_kernel=kind, checkpoint_every=30)
+    monkeypatch.setattr(kernels, "MEMORY", kernels.Memory(None))
+    monkeypatch.setattr(kernels, "_median_s", fake_timer("csr"))
+    model, masks = lenet(0.05)
+    states: list = []
+    full = train(model, masks, data, t, steps=60, eval_every=20, seed=0,
+                 checkpoint=lambda st: states.append(copy.deepcopy(st)))
+    monkeypatch.setattr(kernels, "_median_s", fake_timer("dense"))  # a re-measurement would now pick dense
+    model2, masks2 = lenet(0.05, seed=1)
+    resumed = train(model2, masks2, data, t, steps=60, eval_every=20, seed=0, resume=states[0])
+    assert states[0]["step"] == 30
+    assert resumed.history == full.history
+    for a, b in zip(model.parameters(), model2.parameters()):
+        assert torch.equal(a, b)
+    assert resumed.extra["kernels"] == full.extra["kernels"] != "dense"
+
+
+@pytest.mark.parametrize("override, words", [
+    ("train.sparse_kernel=fast", "train.sparse_kernel"),
+    ("train.sparse_kernel=csr train.replicates=2", "train.sparse_kernel"),
+    ("train.sparse_kernel=cpp train.compile=true", "train.sparse_kernel"),
+])
+def test_bad_sparse_kernel_settings_are_one_line_errors(override, words):
+    from sparse_run.methods import validate
+
+    cfg = compose_cfg("experiment=lottery_mnist", "budget=smoke", *override.split())
+    with pytest.raises(ConfigError) as e:
+        validate(cfg)
+    assert words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_kernel_memory_default_path_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("SPARSE_RUN_KERNELS", str(tmp_path / "k.json"))
+    assert kernels._default_path() == tmp_path / "k.json"
+    assert OmegaConf.select(compose_cfg(), "train.sparse_kernel") == "auto"
