@@ -245,6 +245,16 @@ class Kernels:
         return " ".join(f"{n}={lay.choice.get('train', 'dense')}/{lay.choice.get('eval', 'dense')}"
                         for n, lay in self.layers.items())
 
+    def sparse_trained(self) -> dict[nn.Parameter, torch.Tensor]:
+        """The weights whose layer trains on a sparse kernel now, with their kept flat positions: their
+        gradients are exactly zero off the mask by construction (no gradient mask needed), and an elementwise
+        optimizer may step the kept positions alone."""
+        out = {}
+        for lay in self.layers.values():
+            if lay.plan is not None and lay.version == lay.masks.version and lay.choice.get("train", "dense") != "dense":
+                out[lay.module.weight] = lay.plan.pos
+        return out
+
     def state_dict(self) -> dict[str, Any]:
         return {n: {"choice": dict(lay.choice), "measured_at": lay.measured_at, "times": lay.times}
                 for n, lay in self.layers.items()}

@@ -58,10 +58,17 @@ class LeanStep:
     several groups, amsgrad, a tensor lr, a missing gradient, state replaced by
     ``load_state_dict``) goes through ``opt.step()``, and so does everything when the private kernels
     are missing, reject their arguments, or ``onednn.fast_paths()`` is off.
+
+    ``packed()`` names weights whose gradient is exactly zero off their mask and whose pruned entries carry
+    no state (layers on a sparse kernel, masks fixed for the arm): Adam is elementwise and leaves such entries
+    exactly as they are, so only the kept positions are gathered, stepped and written back: the dense step's
+    values up to the last bit (the fused kernel's vector body and scalar tail round differently, and packing
+    moves entries between them), at a cost in the kept weights instead of all of them.
     """
 
-    def __init__(self, opt: torch.optim.Optimizer):
-        self.opt = opt
+    def __init__(self, opt: torch.optim.Optimizer,
+                 packed: Callable[[], dict[nn.Parameter, torch.Tensor]] | None = None):
+        self.opt, self.packed = opt, packed
         group = opt.param_groups[0]
         self.params: list[nn.Parameter] = list(group["params"])
         self.fast = (isinstance(opt, torch.optim.Adam) and len(opt.param_groups) == 1 and bool(group.get("fused"))
@@ -95,18 +102,31 @@ class LeanStep:
             self.opt.step()
             return
         exp_avgs, exp_avg_sqs, steps = lists
+        params: list[torch.Tensor] = self.params  # type: ignore[assignment]
+        packs = self.packed() if self.packed is not None else {}
+        if packs:  # sparse-kernel layers: only the kept positions (the others' update is exactly zero)
+            params, grads, exp_avgs, exp_avg_sqs = (
+                [t.view(-1).index_select(0, packs[q]) if q in packs else t for q, t in zip(self.params, ts)]
+                for ts in (self.params, grads, exp_avgs, exp_avg_sqs))
         self._steps.add_(1)
         decoupled = group.get("decoupled_weight_decay", isinstance(self.opt, torch.optim.AdamW))
         kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
         beta1, beta2 = group["betas"]
         try:
-            kernel(self.params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=group["lr"],
+            kernel(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=group["lr"],
                    beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"],
                    maximize=False, grad_scale=None, found_inf=None)
         except (TypeError, RuntimeError):  # the private kernel's signature changed: argument parsing
             self._steps.sub_(1)            # fails before any update, so the public step takes over
             self.fast = False
             self.opt.step()
+            return
+        for i, q in enumerate(self.params):
+            pos = packs.get(q)
+            if pos is not None:
+                st = self.opt.state[q]
+                for dense, packed in ((q, params[i]), (st["exp_avg"], exp_avgs[i]), (st["exp_avg_sq"], exp_avg_sqs[i])):
+                    dense.view(-1).index_copy_(0, pos, packed)
 
     def zero_grad(self) -> None:
         """``opt.zero_grad(set_to_none=True)`` for the single group, without the wrapper's cost."""
@@ -198,7 +218,8 @@ def train(model: nn.Module, masks: MaskSet, data: DataBundle, tcfg: Any, *, step
     with onednn.use_onednn(model, fast), kernels.use(model, masks, kind,
                                                      enabled=kernels.sparse_ok(device, compiled, 1)) as kern:
         kern.load_state_dict(resume.get("kernels") if resume is not None else None)
-        result = run([lane], data, tcfg, lambda: SingleModule(model, masks, tcfg, steps, tasks.for_data(data), kern),
+        result = run([lane], data, tcfg, lambda: SingleModule(model, masks, tcfg, steps, tasks.for_data(data), kern,
+                                                              packed=not hooks),
                      steps=steps, eval_every=eval_every, desc=desc, bar=_progress(steps, desc, start),
                      zero_state=zero_pruned_state)[0]
     result.extra["kernels"] = kern.summary()
@@ -211,12 +232,15 @@ class SingleModule:
     evaluation are the data's task (``tasks``: classification, or ranking for interactions)."""
 
     def __init__(self, model: nn.Module, masks: MaskSet, tcfg: Any, steps: int, task: Any = None,
-                 kern: kernels.Kernels | None = None):
+                 kern: kernels.Kernels | None = None, packed: bool = False):
         self.model, self.masks, self.kern = model, masks, kern
         self.task = task or tasks.Classification()
         self.eval_extra: list[dict[str, torch.Tensor]] = [{}]
         self.opt = make_optimizer(list(model.parameters()), tcfg)
-        self._step = LeanStep(self.opt)
+        # with fixed masks, sparse-kernel layers step their kept weights only and need no gradient mask
+        self._packs = kern.sparse_trained if kern is not None and packed else (lambda: {})
+        self._step = LeanStep(self.opt, self._packs)
+        self._mg: tuple[Any, list[torch.Tensor], list[torch.Tensor]] = (None, [], [])
         self.sched = make_lr_schedule(self.opt, tcfg, steps)
         self.fwd = torch.compile(model) if tcfg.compile else model
         if distributed.current().active:  # gradients averaged over the ranks in backward
@@ -235,7 +259,18 @@ class SingleModule:
         self._step.zero_grad()
 
     def mask_grads(self) -> None:
-        self.masks.mask_grads_()
+        packs = self._packs()
+        if not packs:
+            self.masks.mask_grads_()
+            return
+        key = (self.masks.version, frozenset(id(q) for q in packs))
+        if self._mg[0] != key:  # the pruned weights whose layer computes dense still need their gradient masked
+            params, fmasks = self.masks._pruned()
+            keep = [(q, m) for q, m in zip(params, fmasks) if q not in packs]
+            self._mg = (key, [q for q, _ in keep], [m for _, m in keep])
+        grads = [(q.grad, m) for q, m in zip(self._mg[1], self._mg[2]) if q.grad is not None]
+        if grads:
+            torch._foreach_mul_([g for g, _ in grads], [m for _, m in grads])
 
     def clip(self, max_norm: float) -> None:
         torch.nn.utils.clip_grad_norm_(self._clip_params, max_norm, foreach=True)

@@ -239,3 +239,22 @@ def test_the_kernel_memory_default_path_follows_the_environment(monkeypatch, tmp
     monkeypatch.setenv("SPARSE_RUN_KERNELS", str(tmp_path / "k.json"))
     assert kernels._default_path() == tmp_path / "k.json"
     assert OmegaConf.select(compose_cfg(), "train.sparse_kernel") == "auto"
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_packed_adam_on_sparse_layers_equals_the_dense_step(optimizer):
+    """With fixed masks, sparse-kernel layers step only their kept weights (no gradient mask either): Adam is
+    elementwise and leaves pruned entries (zero gradient, zero state, zero weight) exactly as they are, so the
+    weights equal a run that steps every entry (here one with a no-op hook, which turns packing off) up to
+    the last bit."""
+    data, t = toy_data(), tcfg(sparse_kernel="cpp" if CPP else "csr", optimizer=optimizer, weight_decay=1e-3)
+    models_ = []
+    for hooks in (None, [lambda step, model, masks: None]):
+        model, masks = lenet(0.05)
+        train(model, masks, data, t, steps=40, eval_every=20, seed=0, hooks=hooks)
+        assert masks.violations() == {}
+        models_.append(model)
+    for a, b in zip(*(m.parameters() for m in models_)):
+        # the fused kernel's vector body and scalar tail round differently, so an entry that moves between them
+        # may differ in its last bit (measured: 4 of 235,200 entries, 4e-9, after 40 steps)
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)
