@@ -64,17 +64,19 @@ def _step_s(cfg, hidden: list[int], density: float, kind: str, data: DataBundle,
     return (time.perf_counter() - t0) / steps
 
 
-def _crossover(points: list[tuple[float, float]]) -> float | None:
-    """The density where dense-time / sparse-time crosses 1, from (density, ratio) pairs (log-linear)."""
+def _crossover(points: list[tuple[float, float]]) -> dict[str, object]:
+    """Where dense-time / sparse-time crosses 1, from (density, ratio) pairs (log-linear between the two measured
+    densities around the change of sign); a bound when every measured density is on one side."""
     pts = sorted(points, reverse=True)
     for (d1, r1), (d2, r2) in zip(pts, pts[1:]):
         if r1 < 1 <= r2:
             a, b = math.log(r1), math.log(r2)
             f = (0 - a) / (b - a)
-            return float(math.exp(math.log(d1) + f * (math.log(d2) - math.log(d1))))
-    if pts and pts[0][1] >= 1:
-        return pts[0][0]  # sparse already wins at the highest density measured
-    return None
+            return {"crossover_density": float(math.exp(math.log(d1) + f * (math.log(d2) - math.log(d1)))),
+                    "kind": "interpolated"}
+    if pts and pts[0][1] >= 1:  # sparse already wins at the highest density measured
+        return {"crossover_density": pts[0][0], "kind": "at least (sparse wins at every density measured)"}
+    return {"crossover_density": pts[-1][0] if pts else None, "kind": "below (dense wins at every density measured)"}
 
 
 def main() -> None:
@@ -114,7 +116,7 @@ def main() -> None:
                       + f" ms/step | auto {row['speedup_auto']:.2f}x ({chosen}) | best sparse {best_sparse} "
                       f"{row['speedup_best_sparse']:.2f}x", file=sys.stderr)
             pts = [(r["density"], r["speedup_best_sparse"]) for r in rows if r["model"] == model and r["threads"] == threads]
-            summary[f"{model}/t{threads}"] = {"crossover_density": _crossover(pts)}
+            summary[f"{model}/t{threads}"] = _crossover(pts)
     checks = {}
     for (model, d), want in TARGETS.items():
         for threads in args.threads:
@@ -132,9 +134,8 @@ def main() -> None:
     os.replace(tmp, args.json)
     for key, c in checks.items():
         print(f"target {key}: auto {c['speedup_auto']:.2f}x vs dense ({c['target']}): {'met' if c['met'] else 'NOT met'}")
-    for key, s in summary.items():
-        x = s["crossover_density"]
-        print(f"crossover {key}: {'none measured' if x is None else f'{x:.3f} density'}")
+    for key, c in summary.items():
+        print(f"crossover {key}: {c['crossover_density']} density ({c['kind']})")
     print(f"auto never slower than dense (within 5 %): {never_slower}")
     print(f"wrote {args.json}", file=sys.stderr)
 
