@@ -32,7 +32,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -94,22 +94,26 @@ def _plain_step(model: torch.nn.Module, opt: torch.optim.Optimizer, xb: torch.Te
     opt.step()
 
 
+def _hand_batches(data, bs: int, steps: int) -> Iterator[torch.Tensor]:
+    """The hand-written loops' data order: a fresh ``randperm`` per epoch, sliced into batches."""
+    n, done = data.train_x.shape[0], 0
+    while True:
+        perm = torch.randperm(n, device=data.train_x.device)
+        for i in range(0, n - bs + 1, bs):
+            yield perm[i:i + bs]
+            done += 1
+            if done == steps:
+                return
+
+
 def lean_loop(cfg, data, steps: int) -> float:
     """(b) What a researcher writes by hand: tensors in memory, randperm, slice, step."""
     model = models.build(cfg.model, data.spec, seed=0).to(data.train_x.device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
-    x, y, bs = data.train_x, data.train_y, int(cfg.train.batch_size)
-    n = x.shape[0]
+    x, y = data.train_x, data.train_y
     t0 = time.perf_counter()
-    done = 0
-    while done < steps:
-        perm = torch.randperm(n, device=x.device)
-        for i in range(0, n - bs + 1, bs):
-            idx = perm[i:i + bs]
-            _plain_step(model, opt, x[idx], y[idx])
-            done += 1
-            if done == steps:
-                break
+    for idx in _hand_batches(data, int(cfg.train.batch_size), steps):
+        _plain_step(model, opt, x[idx], y[idx])
     _evaluate_like_train(model, data)
     return time.perf_counter() - t0
 
@@ -122,22 +126,14 @@ def expert_loop(cfg, data, steps: int) -> float:
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, fused=True)
     params = [p for _, p, _ in masks]
     fmasks = [m.float() for _, _, m in masks]
-    x, y, bs = data.train_x, data.train_y, int(cfg.train.batch_size)
-    n = x.shape[0]
+    x, y = data.train_x, data.train_y
     t0 = time.perf_counter()
-    done = 0
-    while done < steps:
-        perm = torch.randperm(n, device=x.device)
-        for i in range(0, n - bs + 1, bs):
-            idx = perm[i:i + bs]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch._foreach_mul_([p.grad for p in params], fmasks)
-            opt.step()
-            done += 1
-            if done == steps:
-                break
+    for idx in _hand_batches(data, int(cfg.train.batch_size), steps):
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch._foreach_mul_([p.grad for p in params], fmasks)
+        opt.step()
     _evaluate_like_train(model, data)
     return time.perf_counter() - t0
 

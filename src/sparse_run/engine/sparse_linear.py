@@ -114,8 +114,9 @@ class CsrLinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, plan: Plan) -> torch.Tensor:
         xt = _transposed(x)
-        ctx.save_for_backward(xt, weight)
-        ctx.plan, ctx.has_bias = plan, bias is not None
+        if ctx is not None:  # None: evaluation, no graph
+            ctx.save_for_backward(xt, weight)
+            ctx.plan, ctx.has_bias = plan, bias is not None
         return forward_t(plan, weight, bias, xt).t()
 
     @staticmethod
@@ -129,15 +130,22 @@ class CsrLinearFn(torch.autograd.Function):
         return gx, gw, gb, None
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, plan: Plan) -> torch.Tensor:
-    """The sparse path for any leading shape of ``x``; without autograd (evaluation) the bare kernels."""
+def _apply(fn: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, plan: Plan) -> torch.Tensor:
+    """``fn`` (an autograd Function) for any leading shape of ``x``; without autograd (evaluation) its forward
+    alone, on detached tensors."""
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
-        out = CsrLinearFn.apply(x2, weight, bias, plan)
+        out = fn.apply(x2, weight, bias, plan)
     else:
-        out = forward_t(plan, weight, bias, _transposed(x2)).t()
+        with torch.no_grad():
+            out = fn.forward(None, x2, weight.detach(), bias.detach() if bias is not None else None, plan)
     return out.reshape(*lead, out.shape[-1]) if len(lead) != 1 else out
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, plan: Plan) -> torch.Tensor:
+    """The stock-torch sparse path (``CsrLinearFn``)."""
+    return _apply(CsrLinearFn, x, weight, bias, plan)
 
 
 _CPP = r"""
@@ -279,11 +287,12 @@ class CppLinearFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, plan: Plan) -> torch.Tensor:
-        mod = cpp_module()
         xt = _transposed(x)
-        ctx.save_for_backward(xt, weight)
-        ctx.plan, ctx.has_bias = plan, bias is not None
-        return mod.spmm(weight.detach(), plan.crow, plan.col, plan.pos, bias, xt).t()
+        if ctx is not None:  # None: evaluation, no graph
+            ctx.save_for_backward(xt, weight)
+            ctx.plan, ctx.has_bias = plan, bias is not None
+        b = bias.detach() if bias is not None else None
+        return cpp_module().spmm(weight.detach(), plan.crow, plan.col, plan.pos, b, xt).t()
 
     @staticmethod
     def backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
@@ -298,15 +307,8 @@ class CppLinearFn(torch.autograd.Function):
 
 
 def linear_cpp(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, plan: Plan) -> torch.Tensor:
-    """``linear`` through the C++ kernels (``cpp_module()`` must be available)."""
-    lead = x.shape[:-1]
-    x2 = x.reshape(-1, x.shape[-1])
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
-        out = CppLinearFn.apply(x2, weight, bias, plan)
-    else:
-        b = bias.detach() if bias is not None else None
-        out = cpp_module().spmm(weight.detach(), plan.crow, plan.col, plan.pos, b, _transposed(x2)).t()
-    return out.reshape(*lead, out.shape[-1]) if len(lead) != 1 else out
+    """The C++ sparse path (``CppLinearFn``; ``cpp_module()`` must be available)."""
+    return _apply(CppLinearFn, x, weight, bias, plan)
 
 
 if __name__ == "__main__":  # `python -m sparse_run.engine.sparse_linear`: build the C++ kernel once (make install)
