@@ -29,7 +29,7 @@ from omegaconf import OmegaConf
 
 from sparse_run import models
 from sparse_run.data.spec import DataBundle, DataSpec
-from sparse_run.engine import kernels
+from sparse_run.engine import kernels, timing
 from sparse_run.engine import sparse_linear as sl
 from sparse_run.engine.train import train
 from sparse_run.sparsity import MaskSet, prunable
@@ -126,7 +126,7 @@ def main() -> None:
     never_slower = all(r["speedup_auto"] >= 0.95 for r in rows)  # auto falls back to dense (5 %: timing noise)
     out = {"rows": rows, "crossover": summary, "targets": checks, "auto_never_slower_than_dense_within_5pct": never_slower,
            "rounds": rounds, "batch_size": int(cfg.train.batch_size), "optimizer": str(cfg.train.optimizer),
-           "cpp_kernel": sl.cpp_status(), "torch": torch.__version__, "cpu": kernels._fingerprint(),
+           "cpp_kernel": sl.cpp_status(), "torch": torch.__version__, "cpu": timing.fingerprint(),
            "margin": kernels.MARGIN, "max_density": kernels.MAX_DENSITY}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.json.with_suffix(".tmp")

@@ -43,7 +43,8 @@ class TrainConfig:
     checkpoint_every: int = key(1000, "mid-run checkpoint cadence for resume (0: only at arm boundaries)")
     grad_clip: Optional[float] = key(None, "max global gradient norm after masking (null / 0: off)")
     compile: bool = key(False, "torch.compile the model")
-    linear_kernel: str = key("auto", "auto | onednn | aten: nn.Linear on CPU through oneDNN (auto: on CPU, eager)")
+    linear_kernel: str = key("auto", "auto | onednn | aten: nn.Linear on CPU through oneDNN (auto: eager, where it "
+                                     "measures faster on this machine)")
     sparse_kernel: str = key("auto", "auto | dense | csr | cpp: masked nn.Linear layers through sparse kernels on CPU "
                                      "(auto: per layer, whichever measures faster at each arm's first step)")
     replicates: int = key(1, "K > 1: seeds seed..seed+K-1 trained in one vectorised pass (lock-step kinds)")

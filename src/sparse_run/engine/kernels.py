@@ -18,14 +18,7 @@ exactly as the interrupted one did, and are recorded in the summary row (``kerne
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import platform
-import statistics
-import time
 import types
-from pathlib import Path
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
@@ -34,15 +27,15 @@ from torch import nn
 
 from sparse_run.config.errors import ConfigError
 from sparse_run.sparsity.masks import MaskSet
-from sparse_run.store.files import atomic_write_text
 
+from . import onednn
 from . import sparse_linear as sl
+from .timing import MEMORY, Memory, median_s
 
 KINDS = ("auto", "dense", "csr", "cpp")
 MAX_DENSITY = 0.35   # auto measures sparse candidates only below this density (the crossover is far lower)
 MARGIN = 0.9         # a sparse kernel must take < 90 % of the dense time to be chosen
 REMEASURE = 0.1      # a relative density change beyond this re-measures the layer
-ROUNDS, MIN_ROUND_S = 5, 2e-3
 
 
 def sparse_ok(device: torch.device, compiled: bool, replicates: int) -> bool:
@@ -66,86 +59,6 @@ def _sparse_fns() -> dict[str, Callable[..., torch.Tensor]]:
     if sl.cpp_module() is not None:
         return {"cpp": sl.linear_cpp}
     return {"csr": sl.linear}
-
-
-def _median_s(fns: dict[str, Callable[[], Any]]) -> dict[str, float]:
-    """Seconds per call of each function: interleaved rounds (order rotating), each repeating a call for at
-    least ``MIN_ROUND_S``, after one warm-up call; medians over the rounds."""
-    reps: dict[str, int] = {}
-    for name, fn in fns.items():
-        t0 = time.perf_counter()
-        fn()
-        reps[name] = max(1, int(MIN_ROUND_S / max(time.perf_counter() - t0, 1e-6)))
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    names = list(fns)
-    for r in range(ROUNDS):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            t0 = time.perf_counter()
-            for _ in range(reps[name]):
-                fns[name]()
-            times[name].append((time.perf_counter() - t0) / reps[name])
-    return {name: statistics.median(ts) for name, ts in times.items()}
-
-
-def _fingerprint() -> str:
-    """What a remembered choice is valid for: this CPU, this torch, this kernel build."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        info = Path("/proc/cpuinfo").read_text().splitlines()
-        cpu = next((ln.split(":", 1)[1].strip() for ln in info if ln.startswith("model name")), cpu)
-        flags = next((ln.split(":", 1)[1] for ln in info if ln.startswith("flags")), "")
-        cpu += " " + hashlib.sha1(flags.encode()).hexdigest()[:8]
-    except OSError:
-        pass
-    return f"{cpu} | torch {torch.__version__} | cpp {sl.cpp_status()}"
-
-
-class Memory:
-    """Kernel choices measured on this machine, by layer shape, density, batch, threads and phase: the same
-    command computes the same way on every run, and measures once. A JSON file (``SPARSE_RUN_KERNELS``, default
-    ``~/.cache/sparse-run/kernels.json``) whose entries hold only for the fingerprint they were measured under."""
-
-    def __init__(self, path: Path | None):
-        self.path, self._loaded, self._fp = path, False, ""
-        self._entries: dict[str, dict[str, Any]] = {}
-
-    @staticmethod
-    def key(shape: tuple[int, int], density: float, batch: int, phase: str) -> str:
-        return f"{shape[0]}x{shape[1]} d{density:.4g} b{batch} t{torch.get_num_threads()} {phase}"
-
-    def _load(self) -> None:
-        if self._loaded:
-            return
-        self._loaded, self._fp = True, _fingerprint()
-        if self.path is not None and self.path.is_file():
-            try:
-                doc = json.loads(self.path.read_text())
-                if isinstance(doc, dict) and doc.get("fingerprint") == self._fp and isinstance(doc.get("choices"), dict):
-                    self._entries.update(doc["choices"])
-            except (OSError, ValueError):  # unreadable or damaged: measure again and rewrite it
-                pass
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        self._load()
-        return self._entries.get(key)
-
-    def put(self, key: str, entry: dict[str, Any]) -> None:
-        self._load()
-        self._entries[key] = entry
-        if self.path is not None:
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_text(self.path, json.dumps({"fingerprint": self._fp, "choices": self._entries},
-                                                        indent=1, sort_keys=True))
-            except OSError:  # a read-only home: the choice still holds for this process
-                pass
-
-
-def _default_path() -> Path:
-    return Path(os.environ.get("SPARSE_RUN_KERNELS") or os.path.expanduser("~/.cache/sparse-run/kernels.json"))
-
-
-MEMORY = Memory(_default_path())
 
 
 class Layer:
@@ -276,7 +189,7 @@ def use(model: nn.Module, masks: MaskSet, mode: str, *, enabled: bool = True,
     (``mode``: ``KINDS``). Layers with their own ``forward`` (N:M STE / BDWP) other than oneDNN's are left alone.
     ``timer`` measures ``{name: call}`` → seconds per call (tests pass a mocked one); ``memory`` remembers the
     choices (None: measure every arm; default: ``MEMORY``)."""
-    timer = timer or _median_s
+    timer = timer or median_s
     mem = MEMORY if memory == "default" else memory
     assert mem is None or isinstance(mem, Memory)
     layers: dict[str, Layer] = {}
@@ -286,7 +199,7 @@ def use(model: nn.Module, masks: MaskSet, mode: str, *, enabled: bool = True,
             if type(mod) is not nn.Linear or id(mod.weight) not in by_param:
                 continue
             own = mod.__dict__.get("forward")
-            if own is not None and getattr(own, "__func__", None) is not _onednn_forward():
+            if own is not None and getattr(own, "__func__", None) is not onednn._forward:
                 continue
             dense = own if own is not None else types.MethodType(nn.Linear.forward, mod)
             layers[name] = Layer(name, mod, masks, by_param[id(mod.weight)], mode, dense, timer, mem)
@@ -302,8 +215,3 @@ def use(model: nn.Module, masks: MaskSet, mode: str, *, enabled: bool = True,
             else:
                 lay.module.forward = saved[name]
 
-
-def _onednn_forward() -> Any:
-    from . import onednn
-
-    return onednn._forward

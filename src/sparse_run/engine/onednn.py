@@ -1,9 +1,9 @@
 """oneDNN matmuls for ``nn.Linear`` layers while training on CPU (``train.linear_kernel``).
 
 PyTorch runs a float32 ``nn.Linear`` on CPU through MKL's sgemm, and MKL takes its AVX2 path on
-AMD processors. oneDNN, in the same PyTorch build, uses the AVX-512 the CPU has: on this project's
-AMD EPYC (Zen 5) a LeNet-300-100 layer at batch 60 runs 1.6x faster forward and backward
-(``scripts/bench_train.py`` measures the whole loop). Same float32 arithmetic, another summation
+AMD processors. oneDNN, in the same PyTorch build, uses the AVX-512 the CPU has: on an AMD EPYC
+(Zen 5) a LeNet-300-100 layer at batch 60 runs 1.6x faster forward and backward; on an AVX2-only EPYC
+it runs 0.8x as fast. So ``auto`` measures it once per machine (``faster_here``) instead of assuming it. Same float32 arithmetic, another summation
 order: results differ from the MKL path in the last bits, and are deterministic for a fixed
 thread count.
 
@@ -122,16 +122,44 @@ def _forward(mod: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return out.reshape(*lead, out.shape[-1])
 
 
+PROBE_SHAPE, PROBE_BATCH = (300, 784), 60  # LeNet-300-100's first layer at its batch: the common large layer
+
+
+def faster_here() -> bool:
+    """Whether oneDNN beats ATen on this machine for a large Linear layer's forward + backward at the training
+    batch (``PROBE_SHAPE``, ``PROBE_BATCH``, the current thread count) by more than 10 %: measured once per
+    machine and remembered (``timing.MEMORY``). oneDNN wins on AVX-512 CPUs (1.6x on a Zen 5) and loses on
+    AVX2-only ones (0.8x on an AVX2 EPYC), so ``auto`` cannot assume it."""
+    from . import timing
+
+    key = f"linear_kernel {PROBE_SHAPE[0]}x{PROBE_SHAPE[1]} b{PROBE_BATCH} t{torch.get_num_threads()}"
+    known = timing.MEMORY.get(key)
+    if known is not None and known.get("choice") in ("onednn", "aten"):
+        return known["choice"] == "onednn"
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(*PROBE_SHAPE, generator=gen).requires_grad_()
+    b = torch.randn(PROBE_SHAPE[0], generator=gen).requires_grad_()
+    x = torch.randn(PROBE_BATCH, PROBE_SHAPE[1], generator=gen)
+    gy = torch.randn(PROBE_BATCH, PROBE_SHAPE[0], generator=gen)
+    with torch.enable_grad():
+        secs = timing.median_s({"onednn": lambda: torch.autograd.grad(_LinearFn.apply(x, w, b), [w, b], gy),
+                                "aten": lambda: torch.autograd.grad(nn.functional.linear(x, w, b), [w, b], gy)})
+    choice = "onednn" if secs["onednn"] < 0.9 * secs["aten"] else "aten"
+    timing.MEMORY.put(key, {"choice": choice, "us": {k: round(v * 1e6, 1) for k, v in secs.items()}})
+    return choice == "onednn"
+
+
 def resolve(kind: str, device: torch.device, compiled: bool) -> bool:
-    """Whether ``train.linear_kernel`` = ``kind`` means oneDNN here (``auto``: on CPU when available,
-    not under torch.compile, which picks its own kernels; never with ``SPARSE_RUN_SAFE_TORCH``)."""
+    """Whether ``train.linear_kernel`` = ``kind`` means oneDNN here (``auto``: on CPU when available, not under
+    torch.compile, which picks its own kernels, and only where it measures faster, ``faster_here``; never with
+    ``SPARSE_RUN_SAFE_TORCH``)."""
     if kind == "aten" or not fast_paths():  # SPARSE_RUN_SAFE_TORCH: ATen whatever was asked
         return False
     ok = device.type == "cpu" and available() and not compiled
     if kind == "onednn" and not ok:
         raise ConfigError("train.linear_kernel", "onednn needs a CPU device, a PyTorch build with oneDNN and "
                           "train.compile=false; use auto or aten")
-    return ok
+    return ok and (kind == "onednn" or faster_here())
 
 
 def patch(mod: nn.Linear) -> None:

@@ -15,7 +15,7 @@ from torch import nn
 from sparse_run import models
 from sparse_run.config import ConfigError
 from sparse_run.data.spec import DataBundle, DataSpec
-from sparse_run.engine import kernels
+from sparse_run.engine import kernels, timing
 from sparse_run.engine import sparse_linear as sl
 from sparse_run.engine.train import train
 from sparse_run.sparsity import MaskSet, prunable
@@ -113,7 +113,8 @@ def fake_timer(winner: str, calls: list | None = None):
     def timer(fns):
         if calls is not None:
             calls.append(sorted(fns))
-        return {k: (1e-4 if k == winner or (winner != "dense" and k != "dense") else 2e-4) for k in fns}
+        fast = {winner} if winner in ("onednn", "aten") else {k for k in fns if (k == "dense") == (winner == "dense")}
+        return {k: (1e-4 if k in fast else 2e-4) for k in fns}
     return timer
 
 
@@ -206,12 +207,12 @@ def test_resume_mid_arm_is_identical_and_keeps_the_choices(kind, monkeypatch):
     resumed half uses the checkpoint's choices even where a new measurement would choose otherwise."""
     data, t = toy_data(), tcfg(sparse_kernel=kind, checkpoint_every=30)
     monkeypatch.setattr(kernels, "MEMORY", kernels.Memory(None))
-    monkeypatch.setattr(kernels, "_median_s", fake_timer("csr"))
+    monkeypatch.setattr(kernels, "median_s", fake_timer("csr"))
     model, masks = lenet(0.05)
     states: list = []
     full = train(model, masks, data, t, steps=60, eval_every=20, seed=0,
                  checkpoint=lambda st: states.append(copy.deepcopy(st)))
-    monkeypatch.setattr(kernels, "_median_s", fake_timer("dense"))  # a re-measurement would now pick dense
+    monkeypatch.setattr(kernels, "median_s", fake_timer("dense"))  # a re-measurement would now pick dense
     model2, masks2 = lenet(0.05, seed=1)
     resumed = train(model2, masks2, data, t, steps=60, eval_every=20, seed=0, resume=states[0])
     assert states[0]["step"] == 30
@@ -237,7 +238,7 @@ def test_bad_sparse_kernel_settings_are_one_line_errors(override, words):
 
 def test_the_kernel_memory_default_path_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("SPARSE_RUN_KERNELS", str(tmp_path / "k.json"))
-    assert kernels._default_path() == tmp_path / "k.json"
+    assert timing._default_path() == tmp_path / "k.json"
     assert OmegaConf.select(compose_cfg(), "train.sparse_kernel") == "auto"
 
 
@@ -258,3 +259,21 @@ def test_packed_adam_on_sparse_layers_equals_the_dense_step(optimizer):
         # the fused kernel's vector body and scalar tail round differently, so an entry that moves between them
         # may differ in its last bit (measured: 4 of 235,200 entries, 4e-9, after 40 steps)
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.skipif(not __import__("sparse_run.engine.onednn", fromlist=["x"])._probe(), reason="no oneDNN kernel")
+@pytest.mark.parametrize("winner", ["onednn", "aten"])
+def test_linear_kernel_auto_measures_onednn_instead_of_assuming_it(winner, monkeypatch, tmp_path):
+    """``train.linear_kernel=auto`` takes oneDNN only where it measures faster than ATen (it loses on AVX2-only
+    CPUs), remembers the verdict, and an explicit ``onednn`` / ``aten`` is taken as asked."""
+    from sparse_run.engine import onednn
+
+    calls: list = []
+    monkeypatch.setattr(timing, "MEMORY", timing.Memory(tmp_path / "k.json"))
+    monkeypatch.setattr(timing, "median_s", fake_timer(winner, calls))
+    cpu = torch.device("cpu")
+    assert onednn.resolve("auto", cpu, False) is (winner == "onednn")
+    assert onednn.resolve("auto", cpu, False) is (winner == "onednn") and len(calls) == 1  # remembered
+    assert calls[0] == ["aten", "onednn"]
+    assert onednn.resolve("onednn", cpu, False) is True and onednn.resolve("aten", cpu, False) is False
+    assert onednn.resolve("auto", cpu, True) is False  # torch.compile picks its own kernels
