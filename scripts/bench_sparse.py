@@ -2,7 +2,7 @@
 """Per-step training time on sparse kernels vs dense, per density, and the crossover (``train.sparse_kernel``).
 
 For LeNet-300-100 at 100 / 51 / 21 / 7 / 3.6 / 1.9 % density and 784-1024-1024-10 at 10 / 2 / 1 %, at 1 and 2
-threads: seconds per step of ``train()`` (forward, backward, gradient masking, fused Adam; batch 60; MNIST-shaped
+threads: seconds per step of ``train()``'s loop (forward, backward, gradient masking, fused Adam; batch 60; MNIST-shaped
 synthetic data, a 60-example validation / test set so evaluation does not weigh in) with every masked layer
 dense, under ``auto`` (the measured per-layer choice), and forced ``cpp`` / ``csr``. Side by side in one
 process, interleaved rounds with the order rotating, medians. Every layer's mask is uniformly random at the
@@ -20,7 +20,6 @@ import math
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -58,10 +57,9 @@ def _step_s(cfg, hidden: list[int], density: float, kind: str, data: DataBundle,
     gen = torch.Generator().manual_seed(1)
     masks.set({n: torch.rand(m.shape, generator=gen) < density for n, m in masks.masks.items()})
     tcfg = OmegaConf.merge(cfg.train, {"sparse_kernel": kind, "chance_check": False, "checkpoint_every": 0})
-    t0 = time.perf_counter()
     res = train(model, masks, data, tcfg, steps=steps, eval_every=steps, seed=0, desc="bench")
     _step_s.last_kernels = res.extra.get("kernels")  # type: ignore[attr-defined]
-    return (time.perf_counter() - t0) / steps
+    return res.wall_s / steps  # the loop's own time: building the model and its masks is not a training step
 
 
 def _crossover(points: list[tuple[float, float]]) -> dict[str, object]:
@@ -79,6 +77,11 @@ def _crossover(points: list[tuple[float, float]]) -> dict[str, object]:
     return {"crossover_density": pts[-1][0] if pts else None, "kind": "below (dense wins at every density measured)"}
 
 
+def _trains_sparse(summary: str | None) -> bool:
+    """Whether ``auto`` trained any layer on a sparse kernel (``Kernels.summary``: ``name=train/eval ...``)."""
+    return any(part.split("=", 1)[1].split("/")[0] != "dense" for part in (summary or "dense").split() if "=" in part)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", type=Path, default=Path("results/bench_sparse.json"))
@@ -93,7 +96,7 @@ def main() -> None:
     for threads in args.threads:
         torch.set_num_threads(threads)
         for model, (hidden, densities) in MODELS.items():
-            steps = (40 if args.quick else 100) if model == "lenet_300_100" else (10 if args.quick else 25)
+            steps = (40 if args.quick else 100) if model == "lenet_300_100" else (20 if args.quick else 50)
             for d in densities:
                 for k in kinds:  # warm-up; auto measures its choices here (remembered for the rounds)
                     _step_s(cfg, hidden, d, k, data, 5)
@@ -123,8 +126,13 @@ def main() -> None:
             got = next((r["speedup_auto"] for r in rows if (r["model"], r["density"], r["threads"]) == (model, d, threads)), None)
             checks[f"{model}@{d}/t{threads}"] = {"speedup_auto": got, "target": f">= {want}",
                                                   "met": got is not None and got >= want}
-    never_slower = all(r["speedup_auto"] >= 0.95 for r in rows)  # auto falls back to dense (5 %: timing noise)
+    # auto falls back to dense; where it trains every layer dense it *is* the dense loop, so its ratio there is
+    # timing noise and says nothing about the choice (reported as min_speedup_auto_all_rows all the same)
+    chose_sparse = [r for r in rows if _trains_sparse(r["auto_kernels"])]
+    never_slower = all(r["speedup_auto"] >= 0.95 for r in chose_sparse)  # 5 %: timing noise
     out = {"rows": rows, "crossover": summary, "targets": checks, "auto_never_slower_than_dense_within_5pct": never_slower,
+           "min_speedup_auto_where_sparse_chosen": min((r["speedup_auto"] for r in chose_sparse), default=None),
+           "min_speedup_auto_all_rows": min(r["speedup_auto"] for r in rows),
            "rounds": rounds, "batch_size": int(cfg.train.batch_size), "optimizer": str(cfg.train.optimizer),
            "cpp_kernel": sl.cpp_status(), "torch": torch.__version__, "cpu": timing.fingerprint(),
            "margin": kernels.MARGIN, "max_density": kernels.MAX_DENSITY}
@@ -136,7 +144,8 @@ def main() -> None:
         print(f"target {key}: auto {c['speedup_auto']:.2f}x vs dense ({c['target']}): {'met' if c['met'] else 'NOT met'}")
     for key, c in summary.items():
         print(f"crossover {key}: {c['crossover_density']} density ({c['kind']})")
-    print(f"auto never slower than dense (within 5 %): {never_slower}")
+    print(f"auto never slower than dense where it trained on a sparse kernel (within 5 %): {never_slower}; lowest ratio "
+          f"over all rows {out['min_speedup_auto_all_rows']:.2f} (rows where it chose dense are dense-vs-dense noise)")
     print(f"wrote {args.json}", file=sys.stderr)
 
 

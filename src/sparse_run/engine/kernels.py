@@ -18,6 +18,7 @@ exactly as the interrupted one did, and are recorded in the summary row (``kerne
 """
 from __future__ import annotations
 
+import dataclasses
 import types
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
@@ -75,12 +76,17 @@ class Layer:
         self.measured_at = -1.0  # the density the choices were measured at (auto)
         self.choice: dict[str, str] = {}      # "train" / "eval" -> kernel
         self.times: dict[str, dict[str, float]] = {}
+        self.packed_grad = False  # training steps leave W's gradient packed in plan.grad (Kernels.pack_grads)
 
     def _refresh(self) -> None:
         if self.version == self.masks.version:
             return
         self.version = self.masks.version
         mask = self.masks.masks[self.mask_name]
+        if self.plan is not None and self.plan.values is not None:  # the optimizer held the kept weights packed
+            self.plan.release(self.module.weight)
+            with torch.no_grad():
+                self.module.weight.mul_(mask)  # the new mask holds whatever pruned them meanwhile
         self.density = float(mask.float().mean())
         self.plan = sl.Plan.of(mask) if self.density < 1.0 else None
         if self.mode == "auto":
@@ -101,7 +107,8 @@ class Layer:
 
     def _measure(self, phase: str, x: torch.Tensor) -> str:
         assert self.plan is not None
-        key = Memory.key(self.plan.shape, self.density, int(x.reshape(-1, x.shape[-1]).shape[0]), phase)
+        key = Memory.key(self.plan.shape, self.density, int(x.reshape(-1, x.shape[-1]).shape[0]),
+                         phase + ("-packed" if phase == "train" and self.packed_grad else ""))
         known = self.memory.get(key) if self.memory is not None else None
         if known is not None and known.get("choice") in ("dense", "csr", "cpp"):
             self.times[phase] = dict(known.get("us", {}))
@@ -116,13 +123,19 @@ class Layer:
         w, b = mod.weight, mod.bias
         x = x.detach().reshape(-1, x.shape[-1]).requires_grad_(x.requires_grad)
         calls: dict[str, Callable[[], Any]] = {}
-        fns: dict[str, Callable[..., torch.Tensor]] = {"dense": lambda x_, w_, b_, p_: self.dense(x_)}
+        fns: dict[str, Callable[..., torch.Tensor]] = {"dense": lambda x_, w_, b_, *_: self.dense(x_)}
         fns.update(_sparse_fns())
         if phase == "train":
             gy = torch.randn(x.shape[0], w.shape[0], generator=torch.Generator().manual_seed(0))
             wrt = [w, x] if x.requires_grad else [w]
+            # the sparse kernel as the loop will run it (its gradient packed or not), into a scratch plan
+            scratch = dataclasses.replace(plan, grad=None, values=None, dirty=False)
+            def run(fn: Callable[..., torch.Tensor]) -> None:
+                torch.autograd.grad(fn(x, w, b, scratch, self.packed_grad), wrt, gy, allow_unused=True)
+                scratch.grad = None
+
             for k, fn in fns.items():
-                calls[k] = (lambda fn=fn: torch.autograd.grad(fn(x, w, b, plan), wrt, gy))
+                calls[k] = (lambda fn=fn: run(fn))
         else:
             for k, fn in fns.items():
                 calls[k] = (lambda fn=fn: fn(x, w, b, plan))
@@ -140,7 +153,8 @@ class Layer:
         kind = self.kernel(phase, x)
         if kind == "dense":
             return self.dense(x)
-        return (sl.linear_cpp if kind == "cpp" else sl.linear)(x, mod.weight, mod.bias, self.plan)
+        return (sl.linear_cpp if kind == "cpp" else sl.linear)(x, mod.weight, mod.bias, self.plan,
+                                                               self.packed_grad and phase == "train")
 
 
 class Kernels:
@@ -158,15 +172,24 @@ class Kernels:
         return " ".join(f"{n}={lay.choice.get('train', 'dense')}/{lay.choice.get('eval', 'dense')}"
                         for n, lay in self.layers.items())
 
-    def sparse_trained(self) -> dict[nn.Parameter, torch.Tensor]:
-        """The weights whose layer trains on a sparse kernel now, with their kept flat positions: their
-        gradients are exactly zero off the mask by construction (no gradient mask needed), and an elementwise
-        optimizer may step the kept positions alone."""
+    def sparse_trained(self) -> dict[nn.Parameter, sl.Plan]:
+        """The weights whose layer trains on a sparse kernel now, with their plans (kept flat positions
+        ``pos``; the packed gradient ``grad`` under ``pack_grads``): their gradients are exactly zero off the
+        mask by construction (no gradient mask needed), and an elementwise optimizer may step the kept
+        positions alone."""
         out = {}
         for lay in self.layers.values():
             if lay.plan is not None and lay.version == lay.masks.version and lay.choice.get("train", "dense") != "dense":
-                out[lay.module.weight] = lay.plan.pos
+                out[lay.module.weight] = lay.plan
         return out
+
+    def pack_grads(self, on: bool = True) -> None:
+        """Sparse-kernel layers leave their weight gradient in ``plan.grad`` (kept values, ``pos`` order) instead
+        of a dense ``W.grad``: no dense gradient is written or read. Only for a loop whose optimizer step takes
+        them (``train.LeanStep``) and which reads no dense gradient: no gradient clipping, hooks or
+        data-parallel reduction."""
+        for lay in self.layers.values():
+            lay.packed_grad = on
 
     def state_dict(self) -> dict[str, Any]:
         return {n: {"choice": dict(lay.choice), "measured_at": lay.measured_at, "times": lay.times}

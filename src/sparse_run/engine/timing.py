@@ -53,7 +53,7 @@ def fingerprint() -> str:
         cpu += " " + hashlib.sha1(flags.encode()).hexdigest()[:8]
     except OSError:
         pass
-    return f"{cpu} | torch {torch.__version__} | cpp {sl.cpp_status()}"
+    return f"{cpu} | torch {torch.__version__} | cpp {sl.cpp_status()} {sl.SOURCE_HASH}"
 
 
 class Memory:

@@ -60,14 +60,15 @@ class LeanStep:
     are missing, reject their arguments, or ``onednn.fast_paths()`` is off.
 
     ``packed()`` names weights whose gradient is exactly zero off their mask and whose pruned entries carry
-    no state (layers on a sparse kernel, masks fixed for the arm): Adam is elementwise and leaves such entries
-    exactly as they are, so only the kept positions are gathered, stepped and written back: the dense step's
-    values up to the last bit (the fused kernel's vector body and scalar tail round differently, and packing
-    moves entries between them), at a cost in the kept weights instead of all of them.
+    no state (layers on a sparse kernel, masks fixed for the arm), with their ``sparse_linear.Plan``: Adam is
+    elementwise and leaves such entries exactly as they are, so only the kept positions are stepped: the dense
+    step's values up to the last bit (the fused kernel's vector body and scalar tail round differently, and
+    packing moves entries between them), at a cost in the kept weights instead of all of them. Their Adam moments
+    stay packed between steps (written back by ``sync``, which checkpoints call); their gradient is read from
+    ``plan.grad`` when the layer left it packed (``Kernels.pack_grads``), else gathered from ``W.grad``.
     """
 
-    def __init__(self, opt: torch.optim.Optimizer,
-                 packed: Callable[[], dict[nn.Parameter, torch.Tensor]] | None = None):
+    def __init__(self, opt: torch.optim.Optimizer, packed: Callable[[], dict[nn.Parameter, Any]] | None = None):
         self.opt, self.packed = opt, packed
         group = opt.param_groups[0]
         self.params: list[nn.Parameter] = list(group["params"])
@@ -78,6 +79,8 @@ class LeanStep:
         self._state: Any = None
         self._lists: tuple[list[torch.Tensor], ...] = ()
         self._steps = torch.zeros(0)
+        self._pk: dict[nn.Parameter, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # q -> pos, moments
+        self._own: dict[nn.Parameter, Any] = {}  # q -> the plan whose packed values are q's kept weights
 
     def _state_lists(self) -> tuple[list[torch.Tensor], ...] | None:
         if self._state is not self.opt.state:  # first call, or load_state_dict swapped the state
@@ -89,25 +92,75 @@ class LeanStep:
             for i, s in enumerate(st):
                 s["step"] = self._steps[i]
             self._lists = ([s["exp_avg"] for s in st], [s["exp_avg_sq"] for s in st], [s["step"] for s in st])
-            self._state = self.opt.state
+            self._state, self._pk = self.opt.state, {}
         return self._lists
+
+    def _moments(self, q: nn.Parameter, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``q``'s packed Adam moments at ``pos``, gathered when its mask (plan) changed."""
+        got = self._pk.get(q)
+        if got is None or got[0] is not pos:
+            self._write_back(q)
+            st = self.opt.state[q]
+            got = (pos, st["exp_avg"].view(-1).index_select(0, pos), st["exp_avg_sq"].view(-1).index_select(0, pos))
+            self._pk[q] = got
+        return got
+
+    def _write_back(self, q: nn.Parameter, keep: bool = False) -> None:
+        got = self._pk.get(q) if keep else self._pk.pop(q, None)
+        if got is not None and self._state is self.opt.state:
+            st = self.opt.state[q]
+            st["exp_avg"].view(-1).scatter_(0, got[0], got[1])
+            st["exp_avg_sq"].view(-1).scatter_(0, got[0], got[2])
+
+    def flush(self) -> None:
+        """Bring the dense weights up to date with the packed ones (before anything reads them: evaluation)."""
+        for q, plan in self._own.items():
+            plan.flush(q)
+
+    @torch.no_grad()
+    def sync(self) -> None:
+        """``flush``, and write the packed moments into the optimizer's state (before ``state_dict``, at the end)."""
+        self.flush()
+        for q in list(self._pk):
+            self._write_back(q, keep=True)
+
+    def unpack(self) -> None:
+        """Back to dense tensors only (the public step is about to update them)."""
+        self.sync()
+        for q, plan in self._own.items():
+            plan.release(q)
+        self._own, self._pk = {}, {}
 
     @torch.no_grad()
     def __call__(self) -> None:
         group = self.opt.param_groups[0]
+        packs = self.packed() if self.packed is not None else {}
         grads = [q.grad for q in self.params]
         lists = self._state_lists() if self.fast else None
-        if (lists is None or isinstance(group["lr"], torch.Tensor) or any(g is None for g in grads)
-                or getattr(self.opt, "grad_scale", None) is not None):
+        if (lists is None or isinstance(group["lr"], torch.Tensor) or getattr(self.opt, "grad_scale", None) is not None
+                or any(g is None and getattr(packs.get(q), "grad", None) is None for q, g in zip(self.params, grads))):
+            self.unpack()
+            for q, plan in packs.items():  # the public step reads dense gradients
+                if q.grad is None and plan.grad is not None:
+                    q.grad = torch.zeros_like(q).view(-1).scatter_(0, plan.pos, plan.grad).view_as(q)
+                plan.grad = None
             self.opt.step()
             return
-        exp_avgs, exp_avg_sqs, steps = lists
-        params: list[torch.Tensor] = self.params  # type: ignore[assignment]
-        packs = self.packed() if self.packed is not None else {}
-        if packs:  # sparse-kernel layers: only the kept positions (the others' update is exactly zero)
-            params, grads, exp_avgs, exp_avg_sqs = (
-                [t.view(-1).index_select(0, packs[q]) if q in packs else t for q, t in zip(self.params, ts)]
-                for ts in (self.params, grads, exp_avgs, exp_avg_sqs))
+        exp_avgs, exp_avg_sqs, steps = (list(t) for t in lists)
+        params: list[torch.Tensor] = list(self.params)
+        for q in [q for q in self._own if packs.get(q) is not self._own[q]]:  # back on a dense kernel, or a new plan
+            self._own.pop(q).release(q)
+        for q in [q for q in self._pk if q not in packs]:
+            self._write_back(q)
+        for i, q in enumerate(self.params):
+            plan = packs.get(q)
+            if plan is not None:  # sparse-kernel layers: only the kept positions (the others' update is exactly zero)
+                _, exp_avgs[i], exp_avg_sqs[i] = self._moments(q, plan.pos)
+                if plan.values is None:  # from now on the kernels read the kept weights from here
+                    plan.values = q.detach().view(-1).index_select(0, plan.pos)
+                self._own[q] = plan
+                params[i] = plan.values
+                grads[i] = plan.grad if grads[i] is None else grads[i].view(-1).index_select(0, plan.pos)
         self._steps.add_(1)
         decoupled = group.get("decoupled_weight_decay", isinstance(self.opt, torch.optim.AdamW))
         kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
@@ -119,22 +172,21 @@ class LeanStep:
         except (TypeError, RuntimeError):  # the private kernel's signature changed: argument parsing
             self._steps.sub_(1)            # fails before any update, so the public step takes over
             self.fast = False
-            self.opt.step()
+            self.__call__()
             return
-        for i, q in enumerate(self.params):
-            pos = packs.get(q)
-            if pos is not None:
-                st = self.opt.state[q]
-                for dense, packed in ((q, params[i]), (st["exp_avg"], exp_avgs[i]), (st["exp_avg_sq"], exp_avg_sqs[i])):
-                    dense.view(-1).index_copy_(0, pos, packed)
+        for plan in packs.values():
+            plan.dirty, plan.grad = True, None
 
     def zero_grad(self) -> None:
-        """``opt.zero_grad(set_to_none=True)`` for the single group, without the wrapper's cost."""
+        """``opt.zero_grad(set_to_none=True)`` for the single group, without the wrapper's cost; packed gradients
+        are dropped too."""
         if len(self.opt.param_groups) == 1:
             for q in self.params:
                 q.grad = None
         else:
             self.opt.zero_grad(set_to_none=True)
+        for plan in (self.packed() if self.packed is not None else {}).values():
+            plan.grad = None
 
 
 @torch.no_grad()
@@ -246,6 +298,8 @@ class SingleModule:
         if distributed.current().active:  # gradients averaged over the ranks in backward
             self.fwd = distributed.wrap(model)
         self._clip_params = [q for q in model.parameters() if q.requires_grad] if tcfg.grad_clip else []
+        if kern is not None and packed and not tcfg.grad_clip and not distributed.current().active:
+            kern.pack_grads()  # nothing reads their dense gradient: LeanStep takes the kept values
         model.train()
 
     def forward_loss(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -258,17 +312,23 @@ class SingleModule:
     def zero_grad(self) -> None:
         self._step.zero_grad()
 
+    def _dense_pruned(self, packs: dict[nn.Parameter, Any]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The pruned weights whose layer computes dense, with their float masks: only these need their
+        gradient masked and their pruned entries re-zeroed (a sparse-kernel layer's are zero by construction)."""
+        key = (self.masks.version, frozenset(id(q) for q in packs))
+        if self._mg[0] != key:
+            params, fmasks = self.masks._pruned()
+            keep = [(q, m) for q, m in zip(params, fmasks) if q not in packs]
+            self._mg = (key, [q for q, _ in keep], [m for _, m in keep])
+        return self._mg[1], self._mg[2]
+
     def mask_grads(self) -> None:
         packs = self._packs()
         if not packs:
             self.masks.mask_grads_()
             return
-        key = (self.masks.version, frozenset(id(q) for q in packs))
-        if self._mg[0] != key:  # the pruned weights whose layer computes dense still need their gradient masked
-            params, fmasks = self.masks._pruned()
-            keep = [(q, m) for q, m in zip(params, fmasks) if q not in packs]
-            self._mg = (key, [q for q, _ in keep], [m for _, m in keep])
-        grads = [(q.grad, m) for q, m in zip(self._mg[1], self._mg[2]) if q.grad is not None]
+        params, fmasks = self._dense_pruned(packs)
+        grads = [(q.grad, m) for q, m in zip(params, fmasks) if q.grad is not None]
         if grads:
             torch._foreach_mul_([g for g, _ in grads], [m for _, m in grads])
 
@@ -278,18 +338,27 @@ class SingleModule:
     def step(self) -> None:
         self._step()
 
+    @torch.no_grad()
     def apply_masks(self) -> None:
-        self.masks.apply_()
+        packs = self._packs()
+        if not packs:
+            self.masks.apply_()
+            return
+        params, fmasks = self._dense_pruned(packs)
+        if params:
+            torch._foreach_mul_(params, fmasks)
 
     def after_hooks(self) -> None:
         pass
 
     def evaluate(self, data: DataBundle) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        self._step.flush()
         val_loss, val_acc, test_acc, extra = self.task.evaluate(self.model, data)
         self.eval_extra = [extra]
         return val_loss.unsqueeze(0), val_acc.unsqueeze(0), test_acc.unsqueeze(0)
 
     def lane_state(self, k: int) -> dict[str, Any]:
+        self._step.sync()
         return {"model": self.model.state_dict(), "masks": self.masks.state_dict(),
                 "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                 "kernels": self.kern.state_dict() if self.kern is not None else {}}
@@ -298,4 +367,4 @@ class SingleModule:
         self.opt.load_state_dict(states[0])
 
     def release(self) -> None:
-        pass
+        self._step.unpack()

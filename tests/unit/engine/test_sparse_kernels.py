@@ -54,6 +54,14 @@ def test_sparse_products_equal_the_masked_dense_layer(kind, batch):
     with torch.no_grad():  # evaluation: the bare kernel, leading dimensions kept
         x3 = torch.randn(2, 3, 50)
         torch.testing.assert_close(FNS[kind](x3, w, None, sl.Plan.of(mask)), F.linear(x3, w), rtol=1e-5, atol=1e-5)
+    # packed: W's gradient goes to plan.grad as the kept values (pos order), autograd's W.grad stays unset
+    plan = sl.Plan.of(mask)
+    w.grad = None
+    FNS[kind](x, w, b, plan, packed_grad=True).backward(gy)
+    assert w.grad is None
+    torch.testing.assert_close(plan.grad, rw.reshape(-1)[plan.pos], rtol=1e-5, atol=1e-5)
+    FNS[kind](x, w, b, plan, packed_grad=True).backward(gy)  # a second use in one step accumulates
+    torch.testing.assert_close(plan.grad, 2 * rw.reshape(-1)[plan.pos], rtol=1e-5, atol=1e-5)
 
 
 def test_plan_holds_the_mask_and_its_transpose():
@@ -259,6 +267,26 @@ def test_packed_adam_on_sparse_layers_equals_the_dense_step(optimizer):
         # the fused kernel's vector body and scalar tail round differently, so an entry that moves between them
         # may differ in its last bit (measured: 4 of 235,200 entries, 4e-9, after 40 steps)
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)
+
+
+def test_packed_gradients_only_where_nothing_reads_dense_ones():
+    """Sparse-kernel layers leave their gradient packed for the optimizer, except when gradient clipping (which
+    needs every gradient's norm) runs: then W.grad is dense, zero off the mask, and clipping sees it."""
+    data = toy_data()
+    seen = {}
+    for clip in (None, 1e-3):
+        model, masks = lenet(0.05)
+        grads = []
+        orig = torch.nn.utils.clip_grad_norm_
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(torch.nn.utils, "clip_grad_norm_",
+                       lambda ps, *a, **k: (grads.append([q.grad is not None for q in ps]), orig(ps, *a, **k))[1])
+            res = train(model, masks, data, tcfg(sparse_kernel="cpp" if CPP else "csr", grad_clip=clip), steps=20,
+                        eval_every=10, seed=0)
+        assert masks.violations() == {}
+        seen[clip] = (res.history[-1]["train_loss"], grads)
+    assert seen[None][1] == [] and seen[1e-3][1] and all(all(g) for g in seen[1e-3][1])
+    assert seen[None][0] != seen[1e-3][0]  # a tiny clip norm changes the run: clipping saw the gradients
 
 
 @pytest.mark.skipif(not __import__("sparse_run.engine.onednn", fromlist=["x"])._probe(), reason="no oneDNN kernel")
