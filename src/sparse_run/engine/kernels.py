@@ -62,6 +62,28 @@ def _sparse_fns() -> dict[str, Callable[..., torch.Tensor]]:
     return {"csr": sl.linear}
 
 
+def _optimizer_work(n: int, masked: bool) -> Callable[[], None]:
+    """One fused Adam step over ``n`` scratch weights (and, ``masked``, the gradient and weight mask multiplies a
+    dense masked layer pays each step): the per-step optimizer cost of a layer trained dense or packed. A no-op
+    where the private fused kernel is missing (``train.LeanStep`` then runs the public step for both)."""
+    if not hasattr(torch, "_fused_adam_"):
+        return lambda: None
+    p, g, m, v = (torch.zeros(n) for _ in range(4))
+    step, mask = torch.zeros(()), torch.ones(n)
+
+    def work() -> None:
+        if masked:
+            g.mul_(mask)
+        try:
+            torch._fused_adam_([p], [g], [m], [v], [], [step], amsgrad=False, lr=1e-3, beta1=0.9, beta2=0.999,
+                               weight_decay=0.0, eps=1e-8, maximize=False, grad_scale=None, found_inf=None)
+        except (TypeError, RuntimeError):  # the private kernel's signature changed
+            pass
+        if masked:
+            p.mul_(mask)
+    return work
+
+
 class Layer:
     """One masked Linear: its plan, its choices (training, evaluation) and the times they rest on."""
 
@@ -130,12 +152,18 @@ class Layer:
             wrt = [w, x] if x.requires_grad else [w]
             # the sparse kernel as the loop will run it (its gradient packed or not), into a scratch plan
             scratch = dataclasses.replace(plan, grad=None, values=None, dirty=False)
-            def run(fn: Callable[..., torch.Tensor]) -> None:
+            # packed, a sparse layer's optimizer step covers its kept weights only, while a dense one's covers them
+            # all and masks its gradient and weights: that difference is part of what the choice buys
+            opt = {"dense": _optimizer_work(w.numel(), masked=True), "sparse": _optimizer_work(plan.nnz, masked=False)}
+
+            def run(k: str, fn: Callable[..., torch.Tensor]) -> None:
                 torch.autograd.grad(fn(x, w, b, scratch, self.packed_grad), wrt, gy, allow_unused=True)
                 scratch.grad = None
+                if self.packed_grad:
+                    opt["dense" if k == "dense" else "sparse"]()
 
             for k, fn in fns.items():
-                calls[k] = (lambda fn=fn: run(fn))
+                calls[k] = (lambda k=k, fn=fn: run(k, fn))
         else:
             for k, fn in fns.items():
                 calls[k] = (lambda fn=fn: fn(x, w, b, plan))
