@@ -78,6 +78,7 @@ def test_oneshot_runs_group_pattern_with_permutation_on_the_group_target(tmp_pat
     assert set(hw.execution) == {"group"} and (hw[hw.scope == "layer"].status == "ok").all()
 
 
+@pytest.mark.slow  # 1 min: a MobileNet trained at the smoke budget; the group permutation is unit-tested
 def test_mobilenet_variant_permutes_pointwise_convs_through_batchnorm_and_depthwise(tmp_path):
     run_cli("experiment=group_sparsity_mobilenet_cifar10", "budget=smoke", "threads=1", "progress=false",
             "method.schedule.sparsities=[0.5]", "hardware.batch_sizes=[1]",

@@ -13,6 +13,7 @@ from sparse_run.config import ConfigError
 from sparse_run.execute import effective
 
 
+@pytest.mark.slow  # 22 arms, 2 min on a 2-core CI machine; the bad-input tests below stay in the fast suite
 def test_lazy_neuron_smoke_runs_every_arm_with_the_probe(tmp_path):
     proc = run_cli("experiment=lazy_neuron_mnist", "budget=smoke", "threads=1", "progress=false",
                    f"paths.results_dir={tmp_path}")

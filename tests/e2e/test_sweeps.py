@@ -15,7 +15,8 @@ def summaries(root):
     return sorted((root / "lottery_mnist").glob("*/summary.csv"))
 
 
-@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
+# submitit_local is the slow one (50 s here); its requeue path is covered by default in test_preemption.py
+@pytest.mark.parametrize("launcher", ["joblib", pytest.param("submitit_local", marks=pytest.mark.slow)])
 def test_multirun_2x2_with_a_failing_job_still_aggregates(tmp_path, launcher):
     proc = run_cli("--multirun", f"hydra/launcher={launcher}", *SMOKE, "seed=0,1", "method.schedule.rate=0.2,1.5",
                    "method.schedule.rounds=1", f"paths.results_dir={tmp_path}", check=False, timeout=600)

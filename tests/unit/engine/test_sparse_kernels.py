@@ -305,3 +305,31 @@ def test_linear_kernel_auto_measures_onednn_instead_of_assuming_it(winner, monke
     assert calls[0] == ["aten", "onednn"]
     assert onednn.resolve("onednn", cpu, False) is True and onednn.resolve("aten", cpu, False) is False
     assert onednn.resolve("auto", cpu, True) is False  # torch.compile picks its own kernels
+
+
+def test_packed_weights_reach_the_dense_weight_when_the_mask_changes():
+    """While the optimizer holds a layer's kept weights packed (``Plan.values``) the kernels read them there; a mask
+    change writes them back into the dense weight first and applies the new mask, so the rebuilt plan starts from the
+    trained values and newly pruned weights are exactly zero."""
+    model, masks = lenet(0.1)
+    layer = model.get_submodule("hidden.0")
+    name = next(n for n, q in masks.params.items() if q is layer.weight)
+    x = torch.randn(60, 1, 28, 28)
+    with kernels.use(model, masks, "cpp" if CPP else "csr", memory=None) as kern:
+        model(x).sum().backward()
+        plan = kern.sparse_trained()[layer.weight]
+        with torch.no_grad():
+            before = model(x)
+        stepped = layer.weight.detach().view(-1).index_select(0, plan.pos) + 1.0
+        plan.values, plan.dirty = stepped.clone(), True  # as LeanStep leaves them after a step
+        with torch.no_grad():
+            assert not torch.equal(model(x), before)  # the kernels read the packed values, not the stale dense weight
+        kept = masks.masks[name].clone()
+        kept.view(-1)[plan.pos[::2]] = False  # prune every other kept weight
+        masks.set({**masks.clone_masks(), name: kept})
+        with torch.no_grad():
+            model(x)
+        assert kern.sparse_trained()[layer.weight] is not plan and plan.values is None
+    w = layer.weight.detach().view(-1)
+    assert torch.equal(w[plan.pos[1::2]], stepped[1::2])
+    assert not w[plan.pos[::2]].any() and not layer.weight[~kept].any()
