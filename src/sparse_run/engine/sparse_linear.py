@@ -1,25 +1,27 @@
 """A masked ``nn.Linear`` computed with sparse kernels: forward, input gradient and the weight gradient
-on the mask only, from the dense weight the rest of sparse-run keeps.
+on the mask only.
 
 Why this shape: the optimizer, checkpoints, masks and exports all hold dense weights, so the sparse
-path is a view of them, not a second copy. A ``Plan`` holds the mask's CSR structure for W and for
-Wᵀ (int32 indices, built once per mask); each step gathers the surviving weights' values into that
-structure (O(nnz)), multiplies with ``torch.sparse.mm`` (sparse on the left: the fast CPU layout),
-and computes the weight gradient only at the kept positions with ``torch.sparse.sampled_addmm``,
-scattered into a dense zero gradient. Pruned positions therefore get exactly zero gradient by
-construction, the same as the dense path followed by the gradient mask.
+path reads them where they are. A ``Plan`` holds the mask's CSR structure for W and for Wᵀ (int32
+indices, built once per mask). Pruned positions get exactly zero gradient by construction, the same
+as the dense path followed by the gradient mask.
 
-Two implementations of the same three products: ``csr`` (stock torch: the values gathered into CSR tensors each
-step, ``sparse.mm`` and ``sparse.sampled_addmm``) and ``cpp`` (a C++ kernel compiled on the host, ``engine.cext``,
-that reads the kept weights straight from the dense tensor through the plan's positions, so nothing is gathered
-or scattered; rows run in parallel on torch's thread pool, each with a fixed summation order, so its results do
-not depend on the thread count). ``engine.kernels`` measures which one, if any, beats the dense layer.
+Two implementations of the same three products:
 
-The kernels work on ``xᵀ`` ([features, batch], the batch padded to whole vectors), made in one copy per layer;
-the output is returned as the transposed view ``(W xᵀ)ᵀ``. A training step may ask for the weight gradient
-packed (``packed_grad``): only the kept values, left in ``plan.grad`` for the optimizer, so no dense gradient
-is written or read. Same float32 arithmetic as the dense layer, another summation order: outputs agree with
-``F.linear`` to ~1e-6 relative (tested).
+- ``csr`` (stock torch): the kept values gathered into CSR tensors each step, ``sparse.mm`` for the
+  forward and input gradient on ``xᵀ`` (sparse on the left: the fast CPU layout), ``sparse.sampled_addmm``
+  for the weight gradient at the kept positions.
+- ``cpp`` (a C++ kernel compiled on the host, ``engine.cext``): one call forward (transpose and pad the
+  batch, multiply, write ``y`` in torch's [B, out] layout) and one backward (transpose the output gradient
+  once, input gradient, weight gradient on the mask). Rows run in parallel on torch's thread pool, each with
+  a fixed summation order, so results do not depend on the thread count.
+
+While an optimizer steps a layer packed (``train.LeanStep``, fixed masks) the kept weights live in
+``Plan.values`` and the kernels read them there, contiguous; ``flush`` writes them back into the dense
+weight. A training step may also ask for the weight gradient packed (``packed_grad``): only the kept
+values, left in ``plan.grad``, so no dense gradient is written or read. ``engine.kernels`` measures which
+kernel, if any, beats the dense layer. Same float32 arithmetic as the dense layer, another summation
+order: outputs agree with ``F.linear`` to ~1e-6 relative (tested).
 """
 from __future__ import annotations
 
