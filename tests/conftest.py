@@ -14,6 +14,13 @@ from hydra import compose, initialize_config_module
 os.environ.setdefault("SPARSE_RUN_KERNELS", str(Path(os.environ.get("TMPDIR", "/tmp")) /
                                                 f"sparse-run-test-kernels-{os.getpid()}.json"))
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # make test: one worker per core, so one torch thread per process
+    # (the workers and the CLI runs they start would otherwise each spin a thread per core: 2x oversubscribed)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 REPO = Path(__file__).resolve().parents[1]
 CLI = str(Path(sys.executable).parent / "sparse-run")
 
