@@ -24,17 +24,18 @@ from . import sparse_linear as sl
 ROUNDS, MIN_ROUND_S = 5, 2e-3
 
 
-def median_s(fns: dict[str, Callable[[], Any]]) -> dict[str, float]:
+def median_s(fns: dict[str, Callable[[], Any]], rounds: int = ROUNDS,
+             min_round_s: float = MIN_ROUND_S) -> dict[str, float]:
     """Seconds per call of each function: interleaved rounds (order rotating), each repeating a call for at
-    least ``MIN_ROUND_S``, after one warm-up call; medians over the rounds."""
+    least ``min_round_s``, after one warm-up call; medians over the rounds."""
     reps: dict[str, int] = {}
     for name, fn in fns.items():
         t0 = time.perf_counter()
         fn()
-        reps[name] = max(1, int(MIN_ROUND_S / max(time.perf_counter() - t0, 1e-6)))
+        reps[name] = max(1, int(min_round_s / max(time.perf_counter() - t0, 1e-6)))
     times: dict[str, list[float]] = {name: [] for name in fns}
     names = list(fns)
-    for r in range(ROUNDS):
+    for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
             t0 = time.perf_counter()
             for _ in range(reps[name]):

@@ -116,7 +116,6 @@ def test_lth_at_7_percent_trains_on_sparse_kernels_like_dense(kind):
     assert ref.extra["kernels"] == "dense"
 
 
-
 @pytest.mark.parametrize("kind", SPARSE)
 def test_sparse_kernels_leave_no_gradient_to_leak_off_the_mask(kind, monkeypatch):
     """Without gradient masking the dense path breaks the mask (test_train_loop checks the alarm fires);
@@ -125,6 +124,7 @@ def test_sparse_kernels_leave_no_gradient_to_leak_off_the_mask(kind, monkeypatch
     model, masks = lenet(0.07)
     train(model, masks, toy_data(), tcfg(sparse_kernel=kind), steps=30, eval_every=10, seed=0)
     assert masks.violations() == {}
+
 
 def fake_timer(winner: str, calls: list | None = None):
     """A timer that reports ``winner`` 2x faster than everything else (and records what it was asked)."""
